@@ -1,0 +1,36 @@
+"""The exceptions dve_perception raises for bad input, files and configuration.
+
+Every message says what was wrong, what was received and what was expected, so a user can fix the
+input without reading a traceback. Callers that must keep running (ROS nodes, replay) catch
+`DvePerceptionError` at one boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "CheckpointError",
+    "ConfigError",
+    "DvePerceptionError",
+    "InputError",
+]
+
+
+class DvePerceptionError(Exception):
+    """Base class of every error raised on purpose by dve_perception."""
+
+
+class ConfigError(DvePerceptionError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class InputError(DvePerceptionError, ValueError):
+    """An image, tensor or request does not have the expected shape, dtype or encoding."""
+
+
+class CheckpointError(DvePerceptionError):
+    """A model or text-encoder file is missing, unreadable, or does not fit the model."""
+
+
+class BackendUnavailableError(DvePerceptionError, ImportError):
+    """An optional dependency needed for the requested feature is not installed."""

@@ -1,0 +1,45 @@
+"""Packaging for dve_perception: an ament_python ROS 2 package that is also pip-installable.
+
+Metadata lives here (not in pyproject.toml) because colcon's ament_python build on Humble runs
+setup.py. Runtime dependencies are extras: on a Jetson torch comes from NVIDIA's wheels and numpy
+from apt, and a plain `pip install` must not replace them.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "dve_perception"
+
+CORE = [
+    "torch>=2.1",
+    "transformers>=4.45,<6",
+    "safetensors>=0.4",
+    "onnxruntime>=1.18",
+    "pillow>=9",
+]
+EXPORT = ["onnx>=1.16", "onnxscript>=0.2"]
+TEST = ["pytest>=7"]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Open-vocabulary 3D scene understanding with DVEFormer for ROS 2 robots",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["test", "test.*"]),
+    package_data={PACKAGE: ["data/*", "data/*/*"]},
+    include_package_data=True,
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+    ],
+    install_requires=["numpy>=1.24"],
+    extras_require={
+        "core": CORE,
+        "export": EXPORT,
+        "test": CORE + EXPORT + TEST,
+    },
+    zip_safe=False,
+    entry_points={"console_scripts": ["dve-perception = dve_perception.cli:main"]},
+)

@@ -1,0 +1,52 @@
+"""Shared fixtures and the hardware/ROS marker policy.
+
+Tests marked `ros`, `tensorrt` or `gpu` run only where that dependency exists; elsewhere they are
+skipped with a reason that says what is missing, so a green run here never hides them silently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_MARKER_REQUIREMENTS = {
+    "ros": (lambda: _has_module("rclpy"), "needs rclpy: run on a ROS 2 machine (source /opt/ros/<distro>)"),
+    "tensorrt": (lambda: _has_module("tensorrt"), "needs the tensorrt module: run on a Jetson or a TensorRT host"),
+    "gpu": (lambda: torch.cuda.is_available(), "needs a CUDA device visible to torch"),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for marker, (available, reason) in _MARKER_REQUIREMENTS.items():
+        if available():
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def parity_fixture() -> dict[str, np.ndarray]:
+    """The official implementation's reference output (see test/data/NOTICE.md)."""
+    with np.load(DATA_DIR / "open_reducedres_s1_480x640.npz") as data:
+        return {k: data[k] for k in data.files}
