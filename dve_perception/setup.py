@@ -12,7 +12,7 @@ from setuptools import find_packages, setup
 PACKAGE = "dve_perception"
 
 CORE = [
-    "torch>=2.1",
+    "torch>=2.5",
     "transformers>=4.45,<6",
     "safetensors>=0.4",
     "onnxruntime>=1.18",
