@@ -5,8 +5,6 @@ setup.py. Runtime dependencies are extras: on a Jetson torch comes from NVIDIA's
 from apt, and a plain `pip install` must not replace them.
 """
 
-from glob import glob
-
 from setuptools import find_packages, setup
 
 PACKAGE = "dve_perception"

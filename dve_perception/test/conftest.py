@@ -24,8 +24,14 @@ def _has_module(name: str) -> bool:
 
 
 _MARKER_REQUIREMENTS = {
-    "ros": (lambda: _has_module("rclpy"), "needs rclpy: run on a ROS 2 machine (source /opt/ros/<distro>)"),
-    "tensorrt": (lambda: _has_module("tensorrt"), "needs the tensorrt module: run on a Jetson or a TensorRT host"),
+    "ros": (
+        lambda: _has_module("rclpy"),
+        "needs rclpy: run on a ROS 2 machine (source /opt/ros/<distro>)",
+    ),
+    "tensorrt": (
+        lambda: _has_module("tensorrt"),
+        "needs the tensorrt module: run on a Jetson or a TensorRT host",
+    ),
     "gpu": (lambda: torch.cuda.is_available(), "needs a CUDA device visible to torch"),
 }
 
@@ -50,3 +56,55 @@ def parity_fixture() -> dict[str, np.ndarray]:
     """The official implementation's reference output (see test/data/NOTICE.md)."""
     with np.load(DATA_DIR / "open_reducedres_s1_480x640.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+# A small DVEFormer with every structural feature of the real one (four stages, shifted blocks,
+# both pyramid bins, three skips, the full-res learned upsampling) that runs in milliseconds.
+TINY_CONFIG_FIELDS = dict(
+    rgb_embed_dim=12,
+    depth_embed_dim=4,
+    depths=(1, 2, 2, 1),
+    num_heads=(1, 2, 2, 4),
+    decoder_channels=(32, 16, 8, 8),
+    decoder_fuse_channels=32,
+    embedding_dim=16,
+)
+
+
+@pytest.fixture
+def tiny_config():
+    from dve_perception.model import DVEFormerConfig
+
+    return DVEFormerConfig(**TINY_CONFIG_FIELDS)
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    from dve_perception.model import build_dveformer
+    from dve_perception.model.generated_weights import generate_state_dict
+
+    model = build_dveformer(tiny_config)
+    model.load_state_dict(generate_state_dict(model, seed=3))
+    return model
+
+
+def write_official_checkpoint(path: Path, state_dict: dict, **extra) -> Path:
+    """Write a file the way the official training script does (`torch.save` of a dict)."""
+    torch.save({"state_dict": state_dict, "epoch": 249, "logs": {}, **extra}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reducedres_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real-size reduced-res checkpoint with generated weights (seed 1), official format."""
+    from dve_perception.model import build_dveformer
+    from dve_perception.model.generated_weights import generate_state_dict
+
+    model = build_dveformer("reducedres")
+    path = tmp_path_factory.mktemp("ckpt") / "dveformer_reducedres_generated.pth"
+    return write_official_checkpoint(path, generate_state_dict(model, seed=1))
+
+
+@pytest.fixture
+def official_checkpoint_writer():
+    return write_official_checkpoint

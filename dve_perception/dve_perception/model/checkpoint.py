@@ -56,6 +56,12 @@ def read_checkpoint_file(path: str | Path, *, trusted: bool = False) -> dict[str
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist")
+    # torch.save has written zip archives since torch 1.6; anything else is truncated or foreign.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint (not a torch.save zip archive: "
+            "truncated, or another format?)"
+        )
     try:
         if trusted:
             _LOG.warning("reading %s with full unpickling (trusted=True)", path)
@@ -64,16 +70,23 @@ def read_checkpoint_file(path: str | Path, *, trusted: bool = False) -> dict[str
             obj = _load_weights_only(path)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"{path} contains Python objects that a weights-only load refuses ({err}). If you "
-            "trust the file's origin, load it with trusted=True (CLI: --trust-checkpoint)."
+            f"{path} contains Python objects that a weights-only load refuses "
+            f"({_first_line(err)}). If you trust the file's origin, load it with trusted=True "
+            "(CLI: --trust-checkpoint)."
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - any failure to parse a foreign file means the same
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (truncated or another format?): {err}"
+            f"{path} is not a readable torch checkpoint (truncated or another format?): "
+            f"{_first_line(err)}"
         ) from err
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a checkpoint dict")
     return obj
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _load_weights_only(path: Path) -> Any:
@@ -131,7 +144,9 @@ def _extract_state_dict(obj: dict[str, Any], path: Path) -> dict[str, torch.Tens
             f"{path} has no 'state_dict' entry (top-level keys: {sorted(obj)[:_MAX_LISTED_KEYS]}); "
             "expected an official DVEFormer checkpoint"
         )
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
         raise CheckpointError(f"{path}: 'state_dict' is not a mapping of tensors")
     return rename_official_keys(state)
 

@@ -26,6 +26,7 @@ class ConvNormAct(nn.Module):
         self.act = nn.ReLU(inplace=True) if act else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_ch, H, W) -> (B, out_ch, H, W)."""
         x = self.conv(x)
         if self.norm is not None:
             x = self.norm(x)

@@ -1,4 +1,4 @@
-"""SegFormer-style MLP decoder and the embedding task head, as `decoders.dense_visual_embedding_decoder.*`.
+"""SegFormer-style MLP decoder and embedding head (`decoders.dense_visual_embedding_decoder.*`).
 
 dveformer-spec.md §3.3: a 1x1 projection of the context output upsampled to 1/4, three skip
 paths (deepest first) each LayerNorm-ed, projected and upsampled to 1/4, concatenation in the order

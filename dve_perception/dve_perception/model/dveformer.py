@@ -72,7 +72,9 @@ class DVEFormerConfig:
     def variant(cls, name: str) -> DVEFormerConfig:
         """Return the configuration of a published variant, "fullres" or "reducedres"."""
         if name not in VARIANTS:
-            raise ConfigError(f"unknown DVEFormer variant {name!r}; expected one of {sorted(VARIANTS)}")
+            raise ConfigError(
+                f"unknown DVEFormer variant {name!r}; expected one of {sorted(VARIANTS)}"
+            )
         return VARIANTS[name]
 
 
@@ -140,9 +142,7 @@ def check_input_pair(rgb: torch.Tensor, depth: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor):
             raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 4 or t.shape[1] != channels:
-            raise InputError(
-                f"{name} must have shape (B, {channels}, H, W), got {tuple(t.shape)}"
-            )
+            raise InputError(f"{name} must have shape (B, {channels}, H, W), got {tuple(t.shape)}")
         if not t.is_floating_point():
             raise InputError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if rgb.shape[0] != depth.shape[0] or rgb.shape[-2:] != depth.shape[-2:]:

@@ -96,17 +96,26 @@ class SwinBackbone(nn.Module):
         # Indices 2..7 are those of torchvision's `features`; the checkpoint keys depend on them.
         self.layer_2 = nn.Sequential(
             OrderedDict(
-                [("2", PatchMergingV2(dims[0])), ("3", _blocks(dims[1], depths[1], num_heads[1], window))]
+                [
+                    ("2", PatchMergingV2(dims[0])),
+                    ("3", _blocks(dims[1], depths[1], num_heads[1], window)),
+                ]
             )
         )
         self.layer_3 = nn.Sequential(
             OrderedDict(
-                [("4", PatchMergingV2(dims[1])), ("5", _blocks(dims[2], depths[2], num_heads[2], window))]
+                [
+                    ("4", PatchMergingV2(dims[1])),
+                    ("5", _blocks(dims[2], depths[2], num_heads[2], window)),
+                ]
             )
         )
         stage_4 = nn.Sequential(
             OrderedDict(
-                [("6", PatchMergingV2(dims[2])), ("7", _blocks(dims[3], depths[3], num_heads[3], window))]
+                [
+                    ("6", PatchMergingV2(dims[2])),
+                    ("7", _blocks(dims[3], depths[3], num_heads[3], window)),
+                ]
             )
         )
         self.layer_4 = nn.Sequential(stage_4, nn.LayerNorm(dims[3], eps=1e-5), _ToChannelsFirst())

@@ -149,7 +149,9 @@ class ShiftedWindowAttentionV2(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim, bias=True)
         self.cpb_mlp = nn.Sequential(
-            nn.Linear(2, 512, bias=True), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False)
+            nn.Linear(2, 512, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Linear(512, num_heads, bias=False),
         )
 
     def position_bias(self) -> torch.Tensor:
@@ -219,7 +221,7 @@ class SwinTransformerBlockV2(nn.Module):
 
 
 class PatchMergingV2(nn.Module):
-    """Halve the resolution and double the channels: gather 2x2, Linear(4C -> 2C), then LayerNorm."""
+    """Halve the resolution, double the channels: gather 2x2, Linear(4C -> 2C), then LayerNorm."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -232,7 +234,12 @@ class PatchMergingV2(nn.Module):
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         # Gather order (0,0), (1,0), (0,1), (1,1) as torchvision; it fixes the weight layout.
         x = torch.cat(
-            [x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]],
+            [
+                x[..., 0::2, 0::2, :],
+                x[..., 1::2, 0::2, :],
+                x[..., 0::2, 1::2, :],
+                x[..., 1::2, 1::2, :],
+            ],
             dim=-1,
         )
         return self.norm(self.reduction(x))
