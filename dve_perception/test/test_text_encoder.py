@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from dve_perception import clip_model_files, text_embedding_cache
 from dve_perception import text_encoder as te
 from dve_perception.errors import BackendUnavailableError, CheckpointError, ConfigError, InputError
 
@@ -96,7 +97,7 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
 def test_vendored_vocabulary_gives_openai_clip_token_ids(tmp_path: Path) -> None:
     from transformers import CLIPTokenizer
 
-    digest = hashlib.sha256(te._BPE_FILE.read_bytes()).hexdigest()
+    digest = hashlib.sha256(clip_model_files._BPE_FILE.read_bytes()).hexdigest()
     assert digest == "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
     tokenizer = CLIPTokenizer.from_pretrained(te.write_tokenizer_files(tmp_path))
     assert len(tokenizer) == 49408
@@ -246,7 +247,7 @@ def test_bad_cache_file_is_recomputed(
         np.save(path, np.ones(768, np.float32))
     else:
         np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with caplog.at_level(logging.WARNING, logger=te.__name__):
+    with caplog.at_level(logging.WARNING, logger=text_embedding_cache.__name__):
         assert torch.equal(encoder.encode(["chair"]), expected)
     assert "bad text-embedding cache file" in caplog.text
     assert np.array_equal(np.load(path, allow_pickle=False), expected[0].numpy())  # repaired
@@ -258,7 +259,7 @@ def test_unwritable_cache_only_warns(
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     encoder = te.CLIPTextEncoder(tiny_dir, cache_dir=blocker)
-    with caplog.at_level(logging.WARNING, logger=te.__name__):
+    with caplog.at_level(logging.WARNING, logger=text_embedding_cache.__name__):
         assert encoder.encode(["chair"]).shape == (1, 768)
     assert "cannot write text-embedding cache file" in caplog.text
 
