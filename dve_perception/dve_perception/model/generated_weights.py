@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-__all__ = ["generate_state_dict", "generated_values"]
+__all__ = ["PARITY_SEED", "build_generated", "generate_state_dict", "generated_values"]
 
 #: Non-learned buffers that the model computes itself.
 DERIVED_BUFFER_SUFFIXES = ("relative_coords_table", "relative_position_index")
@@ -58,3 +58,16 @@ def generate_state_dict(model: torch.nn.Module, seed: int = 1) -> dict[str, torc
     layout = [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
     values = generated_values(layout, seed)
     return {k: torch.from_numpy(values[k]) if k in values else v.clone() for k, v in state.items()}
+
+
+#: The seed of the official parity reference; stand-in weights use it everywhere.
+PARITY_SEED = 1
+
+
+def build_generated(variant: str, seed: int = PARITY_SEED) -> torch.nn.Module:
+    """Build a published variant filled with generated weights (a stand-in, not a model)."""
+    from dve_perception.model.dveformer import build_dveformer
+
+    model = build_dveformer(variant)
+    model.load_state_dict(generate_state_dict(model, seed=seed))
+    return model

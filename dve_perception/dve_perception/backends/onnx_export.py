@@ -1,0 +1,330 @@
+"""Export DVEFormer to ONNX with the official TensorRT recipe (dveformer-spec.md §9).
+
+The recipe: eval mode; every `nn.AdaptiveAvgPool2d` replaced by a fixed pooling for the export
+size (the only graph surgery, see `fixed_pooling`); inputs `rgb` (B,3,H,W) and `depth` (B,1,H,W);
+output `dense_visual_embedding_decoder_0`; a dynamic batch axis; constant folding; opset 20; the
+TorchScript exporter, which writes one self-contained file and is what TensorRT 10.3 was
+validated with. Each file carries `ExportMetadata` so that backends can check their inputs
+against the size the pooling was fixed to. onnx and onnxruntime are imported only when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import numbers
+import os
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dve_perception.backends.export_metadata import INPUT_NAMES, OUTPUT_NAME, ExportMetadata
+from dve_perception.backends.fixed_pooling import fixed_pooling
+from dve_perception.errors import BackendUnavailableError, CheckpointError, ConfigError, InputError
+from dve_perception.model.dveformer import INPUT_MULTIPLE, VARIANTS, DVEFormer
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "INPUT_NAMES",
+    "OUTPUT_NAME",
+    "ExportMetadata",
+    "check_export_size",
+    "compare_with_onnxruntime",
+    "export_onnx",
+    "read_export_metadata",
+]
+
+_LOG = logging.getLogger(__name__)
+
+#: The official export's opset, also the newest the TorchScript exporter supports.
+DEFAULT_OPSET = 20
+# Older opsets are untested here; TensorRT was validated with 20 (dveformer-spec.md §9).
+_MIN_OPSET = 18
+_TORCHSCRIPT_MAX_OPSET = 20
+_EXPORT_HINT = 'install it with: pip install "dve_perception[export]"'
+_RUNTIME_HINT = 'install it with: pip install "dve_perception[core]"'
+
+
+def _require(module: str, purpose: str, hint: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise BackendUnavailableError(
+            f"{purpose} needs the {module!r} package, which is not installed; {hint}"
+        ) from err
+
+
+def check_export_size(height: int, width: int) -> None:
+    """Raise `ConfigError` unless height and width are positive multiples of 32."""
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0:
+            if value % INPUT_MULTIPLE == 0:
+                continue
+            below = int(value) // INPUT_MULTIPLE * INPUT_MULTIPLE
+            options = " or ".join(str(v) for v in (below, below + INPUT_MULTIPLE) if v > 0)
+        else:
+            options = "480x640, the training size"
+        raise ConfigError(
+            f"export {name} must be a positive multiple of {INPUT_MULTIPLE}, got {value!r}; "
+            f"use e.g. {options}"
+        )
+
+
+def read_export_metadata(path: str | Path) -> ExportMetadata:
+    """Read the `ExportMetadata` of an exported ONNX file (raises `CheckpointError`)."""
+    onnx = _require("onnx", "reading ONNX metadata", _EXPORT_HINT)
+    from google.protobuf.message import DecodeError  # protobuf is a dependency of onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ONNX file {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as err:
+        raise CheckpointError(f"{path} is not an ONNX model: {err}") from err
+    return ExportMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+
+
+class _ExportGraph(nn.Module):
+    """The exported function: the model, optionally followed by L2 normalisation over channels."""
+
+    def __init__(self, model: nn.Module, normalize: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        out = self.model(rgb, depth)
+        return F.normalize(out, dim=1) if self.normalize else out
+
+
+def export_onnx(
+    model: DVEFormer,
+    path: str | Path,
+    *,
+    height: int = 480,
+    width: int = 640,
+    normalize: bool = False,
+    opset: int = DEFAULT_OPSET,
+    dynamo: bool = False,
+) -> ExportMetadata:
+    """Export `model` to one self-contained ONNX file with the official recipe.
+
+    The model is left as it was: pooling replacements are undone, the training flag restored.
+
+    Args:
+        model: the DVEFormer to export, weights loaded.
+        path: the `.onnx` file to write (replaced atomically); its directory must exist.
+        height: input height, a positive multiple of 32. Pooling is fixed to this size, so the
+            file accepts only height x width; the batch axis stays dynamic.
+        width: input width, a positive multiple of 32.
+        normalize: end the graph with L2 normalisation over channels (unit-norm embeddings).
+        opset: ONNX opset; 18 to 20 for the TorchScript exporter.
+        dynamo: use the torch.export-based exporter instead of the official TorchScript one.
+
+    Returns:
+        The metadata written into the file.
+
+    Raises:
+        ConfigError: invalid size, opset or output directory.
+        BackendUnavailableError: onnx (or, for `dynamo`, onnxscript) is not installed.
+    """
+    check_export_size(height, width)
+    exporter = "dynamo" if dynamo else "TorchScript"
+    if opset < _MIN_OPSET or (not dynamo and opset > _TORCHSCRIPT_MAX_OPSET):
+        supported = (
+            f"{_MIN_OPSET} or newer" if dynamo else f"{_MIN_OPSET} to {_TORCHSCRIPT_MAX_OPSET}"
+        )
+        raise ConfigError(
+            f"opset {opset} is not supported by the {exporter} exporter; use {supported} "
+            f"(the official export used {DEFAULT_OPSET})"
+        )
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(f"output directory {path.parent} does not exist; create it first")
+    onnx = _require("onnx", "ONNX export", _EXPORT_HINT)
+    if dynamo:
+        _require("onnxscript", "ONNX export with dynamo=True", _EXPORT_HINT)
+    variant = next((name for name, cfg in VARIANTS.items() if cfg == model.config), "custom")
+    metadata = ExportMetadata(variant, model.config, int(height), int(width), bool(normalize))
+
+    message = "exporting %s DVEFormer at %dx%d with the %s exporter, opset %d"
+    _LOG.info(message, variant, height, width, exporter, opset)
+    start = time.perf_counter()
+    with _eval_mode(model), fixed_pooling(model, height, width):
+        graph = _ExportGraph(model, normalize).eval()
+        if dynamo:
+            proto = _trace_dynamo(graph, height, width, opset)
+        else:
+            proto = onnx.load_from_string(_trace_torchscript(graph, height, width, opset))
+    for key, value in metadata.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    _write_atomically(data, path)
+    seconds = time.perf_counter() - start
+    _LOG.info("wrote %s (%.0f MB) in %.1f s", path, len(data) / 1e6, seconds)
+    return metadata
+
+
+def _trace_torchscript(graph: nn.Module, height: int, width: int, opset: int) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated since torch 2.9, but it is what the official
+        # TensorRT deployment was validated with, and its notices say nothing about this model.
+        # Tracer warnings flag Python values taken from shapes: all are fixed by the export size
+        # except the batch, which the tests run at batch 2.
+        warnings.filterwarnings(
+            "ignore", "You are using the legacy TorchScript", DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            graph,
+            _example_inputs(1, height, width, seed=0, device=_device_of(graph)),
+            buffer,
+            dynamo=False,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={name: {0: "batch_size"} for name in (*INPUT_NAMES, OUTPUT_NAME)},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+
+
+def _trace_dynamo(graph: nn.Module, height: int, width: int, opset: int) -> Any:
+    batch = torch.export.Dim("batch_size")
+    with warnings.catch_warnings():
+        # torch 2.13's exporter warns about its own internals (a pytree deprecation) and about
+        # the one batch dimension shared by both inputs; neither is actionable here.
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
+        warnings.filterwarnings(
+            "ignore", "# The axis name: batch_size will not be used", UserWarning
+        )
+        program = torch.onnx.export(
+            graph,
+            # Batch 2: torch.export specialises dimensions whose example size is 1.
+            _example_inputs(2, height, width, seed=0, device=_device_of(graph)),
+            dynamo=True,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={name: {0: batch} for name in INPUT_NAMES},
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def _write_atomically(data: bytes, path: Path) -> None:
+    # A temporary file in the same directory, then os.replace: readers never see half a file.
+    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write the ONNX file {path}: {err}") from err
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def _example_inputs(
+    batch: int, height: int, width: int, seed: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # Standard normal matches the scale of preprocessed (normalised) rgb and depth.
+    gen = torch.Generator().manual_seed(seed)
+    rgb = torch.randn(batch, 3, height, width, generator=gen)
+    depth = torch.randn(batch, 1, height, width, generator=gen)
+    return rgb.to(device), depth.to(device)
+
+
+def compare_with_onnxruntime(
+    model: DVEFormer,
+    path: str | Path,
+    *,
+    rgb: torch.Tensor | None = None,
+    depth: torch.Tensor | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+) -> float:
+    """Run an exported file with ONNX Runtime (CPU) and `model` with PyTorch on the same inputs.
+
+    Args:
+        model: the model the file was exported from.
+        path: the exported `.onnx` file.
+        rgb: (B, 3, H, W) input; seeded random inputs are used when rgb or depth is None.
+        depth: (B, 1, H, W) input.
+        batch_size: batch of the random inputs.
+        seed: seed of the random inputs.
+
+    Returns:
+        The relative L2 error ||onnxruntime - torch|| / ||torch|| over the whole output. When the
+        file normalises its output, the PyTorch output is normalised the same way first.
+
+    Raises:
+        BackendUnavailableError: onnxruntime is not installed.
+        CheckpointError: the file is missing, not ONNX, or has no export metadata.
+        InputError: inputs or output that do not fit the file.
+    """
+    ort = _require("onnxruntime", "checking an ONNX export", _RUNTIME_HINT)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ONNX file {path} does not exist")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's errors share no base class below Exception
+        raise CheckpointError(f"onnxruntime cannot load {path}: {err}") from err
+    meta = ExportMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(path))
+    if rgb is None or depth is None:
+        rgb, depth = _example_inputs(batch_size, meta.height, meta.width, seed)
+    if tuple(rgb.shape[-2:]) != (meta.height, meta.width) or depth.shape[-2:] != rgb.shape[-2:]:
+        raise InputError(
+            f"inputs rgb {tuple(rgb.shape)} and depth {tuple(depth.shape)} do not fit {path}, "
+            f"which was exported for {meta.height}x{meta.width}"
+        )
+    device = _device_of(model)
+    with _eval_mode(model), torch.no_grad():
+        expected = model(rgb.to(device), depth.to(device)).float().cpu()
+    if meta.normalized:
+        expected = F.normalize(expected, dim=1)
+    feeds = {"rgb": rgb.float().cpu().numpy(), "depth": depth.float().cpu().numpy()}
+    (actual,) = session.run([OUTPUT_NAME], feeds)
+    if actual.shape != tuple(expected.shape):
+        raise InputError(
+            f"{path} outputs {actual.shape} but the model gives {tuple(expected.shape)}; the file "
+            "was exported from another configuration"
+        )
+    reference = expected.double().numpy()
+    error = np.linalg.norm(actual.astype(np.float64) - reference)
+    norm = np.linalg.norm(reference)
+    return float(error / norm) if norm > 0 else float(error)

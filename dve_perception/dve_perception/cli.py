@@ -1,0 +1,269 @@
+"""The `dve-perception` command line: argument parsing and reporting only.
+
+Each subcommand is two functions: `_add_<name>_parser(subparsers)` declares its arguments and sets
+`handler`, and `_run_<name>(args) -> int` does the work by calling the library. To add one,
+write both and list the first in `_SUBCOMMANDS`. Handlers import torch and friends lazily so
+that `--help` stays fast. Errors the library raises on purpose (`DvePerceptionError`) end the
+command with one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dve_perception import __version__
+from dve_perception.errors import ConfigError, DvePerceptionError
+
+if TYPE_CHECKING:
+    from dve_perception.model import DVEFormer
+
+__all__ = ["build_parser", "main"]
+
+# A fixed name rather than __name__, which is "__main__" under `python -m dve_perception.cli`.
+_LOG = logging.getLogger("dve_perception.cli")
+
+#: Exit code for errors the library reports on purpose (bad input, file or configuration).
+EXIT_ERROR = 2
+#: --check fails above this relative L2 error; fp32 ONNX Runtime vs PyTorch is ~1e-6 here.
+CHECK_TOLERANCE = 1e-4
+GENERATED_WEIGHTS_WARNING = (
+    "generated weights: the exported model's outputs carry no meaning; pass --weights with a "
+    "published checkpoint"
+)
+
+
+def _add_export_onnx_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export-onnx",
+        help="export DVEFormer to ONNX with the official TensorRT recipe",
+        description=(
+            "Export DVEFormer to one self-contained ONNX file as the official TensorRT deployment "
+            "does: inputs rgb (B,3,H,W) and depth (B,1,H,W), output "
+            "dense_visual_embedding_decoder_0, dynamic batch, adaptive pooling fixed to H x W."
+        ),
+    )
+    parser.add_argument(
+        "--variant",
+        required=True,
+        choices=("fullres", "reducedres"),
+        help="published variant: output at the input size (fullres) or at 1/4 (reducedres)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        metavar="FILE",
+        help="official checkpoint (.pth); without it generated weights are used, which only "
+        "exercise the pipeline",
+    )
+    parser.add_argument(
+        "--height",
+        type=int,
+        default=480,
+        metavar="H",
+        help="input height, a multiple of 32 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=640,
+        metavar="W",
+        help="input width, a multiple of 32 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output", type=Path, required=True, metavar="FILE.onnx", help="the file to write"
+    )
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="L2-normalise the output over channels inside the graph",
+    )
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="ONNX opset (default: 20, as the official export)",
+    )
+    parser.add_argument(
+        "--dynamo",
+        action="store_true",
+        help="use the torch.export-based exporter instead of the official TorchScript one",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="read --weights with full unpickling; only for files whose origin you trust",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="run the file with ONNX Runtime and PyTorch on random inputs, print the relative "
+        f"L2 error and exit with 1 above {CHECK_TOLERANCE:g}",
+    )
+    parser.set_defaults(handler=_run_export_onnx)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    from dve_perception.backends.onnx_export import (
+        DEFAULT_OPSET,
+        check_export_size,
+        compare_with_onnxruntime,
+        export_onnx,
+    )
+
+    check_export_size(args.height, args.width)  # before the model build, which takes seconds
+    if args.trust_checkpoint and args.weights is None:
+        raise ConfigError("--trust-checkpoint applies to --weights, which was not given")
+    model = _load_model(args.variant, args.weights, args.trust_checkpoint)
+    export_onnx(
+        model,
+        args.output,
+        height=args.height,
+        width=args.width,
+        normalize=args.normalize,
+        opset=DEFAULT_OPSET if args.opset is None else args.opset,
+        dynamo=args.dynamo,
+    )
+    if args.check:
+        error = compare_with_onnxruntime(model, args.output)
+        print(f"onnxruntime vs PyTorch relative L2 error: {error:.3g}")
+        if error > CHECK_TOLERANCE:
+            _LOG.error(
+                "the error exceeds the tolerance %g; do not deploy %s", CHECK_TOLERANCE, args.output
+            )
+            return 1
+    return 0
+
+
+def _load_model(variant: str, weights: Path | None, trusted: bool) -> DVEFormer:
+    from dve_perception.model.checkpoint import load_checkpoint
+    from dve_perception.model.generated_weights import build_generated
+
+    if weights is not None:
+        return load_checkpoint(weights, variant, trusted=trusted)
+    _LOG.warning(GENERATED_WEIGHTS_WARNING)
+    return build_generated(variant)
+
+
+def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="run DVEFormer on one RGB-D frame and write PCA and segmentation PNGs",
+        description=(
+            "Run DVEFormer on one registered colour/depth pair (by default the bundled Kinect v2 "
+            "frame) and write the PCA-coloured embedding, a segmentation for a vocabulary and a "
+            "summary.json. Missing published weights are replaced by generated ones, loudly."
+        ),
+    )
+    parser.add_argument("--out", type=Path, default=Path("out/sample"), help="output folder")
+    parser.add_argument("--rgb", type=Path, help="colour image (default: bundled sample)")
+    parser.add_argument(
+        "--depth", type=Path, help="16-bit depth PNG in mm, registered to colour (default: sample)"
+    )
+    parser.add_argument("--variant", choices=("reducedres", "fullres"), default="reducedres")
+    parser.add_argument(
+        "--weights", type=Path, help="checkpoint (default: <models>/dveformer_<variant>_mixed.pth)"
+    )
+    parser.add_argument(
+        "--text-model", type=Path, help="CLIP folder (default: <models>/clip-vit-large-patch14-336)"
+    )
+    parser.add_argument(
+        "--vocabulary",
+        help="class names: a file with one per line, or comma-separated (default: NYUv2's 40)",
+    )
+    parser.add_argument(
+        "--linear-probing", type=Path, help="a published linear-probing head instead of text"
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        help="installed weights (default: $DVE_PERCEPTION_MODELS or ./models)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow full unpickling of --weights (only for files whose origin you trust)",
+    )
+    parser.set_defaults(handler=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from dve_perception.sample_inference import run_sample
+
+    result = run_sample(
+        args.out,
+        rgb_path=args.rgb,
+        depth_path=args.depth,
+        variant=args.variant,
+        weights=args.weights,
+        text_model=args.text_model,
+        vocabulary=args.vocabulary,
+        linear_probing=args.linear_probing,
+        models_dir=args.models_dir,
+        device=args.device,
+        trusted=args.trust_checkpoint,
+    )
+    for path in result.files:
+        print(path)
+    if not result.meaningful:
+        _LOG.warning("results come from generated/random weights and carry no meaning")
+    return 0
+
+
+# Add a subcommand's `_add_<name>_parser` here; the help lists them in this order.
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_sample_parser,
+    _add_export_onnx_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="dve-perception",
+        description="Open-vocabulary RGB-D perception with DVEFormer.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_parser in _SUBCOMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+def _configure_logging() -> None:
+    # INFO for our loggers only: the root stays at WARNING so torch's INFO chatter stays hidden.
+    # basicConfig does nothing when the host (e.g. pytest) has already configured logging.
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("dve_perception").setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code.
+
+    Args:
+        argv: the arguments without the program name; None reads `sys.argv`.
+
+    Returns:
+        0 on success, 1 when `--check` fails, 2 for a `DvePerceptionError` (reported as one line
+        on stderr). Usage errors exit with 2 through argparse's `SystemExit`.
+    """
+    args = build_parser().parse_args(argv)
+    _configure_logging()
+    try:
+        return args.handler(args)
+    except DvePerceptionError as err:
+        message = " ".join(str(err).split("\n"))
+        print(f"dve-perception {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
