@@ -89,18 +89,33 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _load_weights_only(path: Path) -> Any:
-    # Training logs may contain numpy scalars; their reconstruction functions only build numbers
-    # from bytes, so allowing them keeps the load free of arbitrary code.
+def _numpy_safe_globals() -> list[Any]:
+    """The numpy reconstruction functions a weights-only load may call, under both names.
+
+    Training logs may contain numpy scalars; rebuilding them only turns bytes into numbers, so
+    allowing them keeps the load free of arbitrary code. A file pickled under numpy 1 names
+    `numpy.core.multiarray.scalar`, one pickled under numpy 2 `numpy._core.multiarray.scalar`;
+    both are allowed whichever numpy is installed.
+    """
     import numpy as np
 
-    allowed: list[Any] = [np.dtype]
-    core = getattr(np, "_core", None) or np.core
-    allowed.append(core.multiarray.scalar)
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 1.26 has no numpy._core
+        from numpy.core.multiarray import scalar
+    allowed: list[Any] = [
+        np.dtype,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+    ]
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: one class per dtype
     if dtypes is not None:
         allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
-    with torch.serialization.safe_globals(allowed):
+    return allowed
+
+
+def _load_weights_only(path: Path) -> Any:
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 

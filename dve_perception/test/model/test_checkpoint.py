@@ -180,3 +180,35 @@ def test_linear_probing_file(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "notlp.pth")
     with pytest.raises(CheckpointError, match="no 'linear_probing_head_state_dict'"):
         load_linear_probing_weights(tmp_path / "notlp.pth")
+
+
+def _rename_pickled_global(path, old: bytes, new: bytes) -> None:
+    """Rewrite a torch.save archive as if its pickle named another module (protocol-2 GLOBAL)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src:
+        entries = [(info, src.read(info)) for info in src.infolist()]
+    with zipfile.ZipFile(path, "w") as dst:
+        for info, data in entries:
+            dst.writestr(info, data.replace(old, new) if info.filename.endswith(".pkl") else data)
+
+
+@pytest.mark.parametrize("module", [b"numpy.core.multiarray", b"numpy._core.multiarray"])
+def test_numpy_scalars_pickled_by_either_numpy_major_version_load(
+    tmp_path, tiny_config, tiny_state, official_checkpoint_writer, module
+):
+    path = official_checkpoint_writer(tmp_path / "n.pth", tiny_state, logs={"miou": np.float64(1)})
+    data = zipfile_pickle(path)
+    current = (
+        b"numpy._core.multiarray" if b"numpy._core.multiarray" in data else b"numpy.core.multiarray"
+    )
+    _rename_pickled_global(path, current, module)
+    assert module + b"\nscalar" in zipfile_pickle(path)
+    assert read_checkpoint_file(path)["logs"]["miou"] == 1.0
+
+
+def zipfile_pickle(path) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".pkl"))
