@@ -5,7 +5,7 @@ setup.py. Runtime dependencies are extras: on a Jetson torch comes from NVIDIA's
 from apt, and a plain `pip install` must not replace them.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 PACKAGE = "dve_perception"
 
@@ -25,7 +25,9 @@ setup(
     description="Open-vocabulary 3D scene understanding with DVEFormer for ROS 2 robots",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(exclude=["test", "test.*"]),
+    # Namespace discovery so the data folders count as package directories (setuptools warns
+    # about data-only subfolders otherwise); tests and build outputs stay out.
+    packages=find_namespace_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
     package_data={PACKAGE: ["data/*", "data/*/*"]},
     include_package_data=True,
     data_files=[
