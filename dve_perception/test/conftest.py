@@ -58,24 +58,11 @@ def parity_fixture() -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-# A small DVEFormer with every structural feature of the real one (four stages, shifted blocks,
-# both pyramid bins, three skips, the full-res learned upsampling) that runs in milliseconds.
-TINY_CONFIG_FIELDS = dict(
-    rgb_embed_dim=12,
-    depth_embed_dim=4,
-    depths=(1, 2, 2, 1),
-    num_heads=(1, 2, 2, 4),
-    decoder_channels=(32, 16, 8, 8),
-    decoder_fuse_channels=32,
-    embedding_dim=16,
-)
-
-
 @pytest.fixture
 def tiny_config():
-    from dve_perception.model import DVEFormerConfig
+    from dve_perception.model.dveformer import TINY_TEST_CONFIG
 
-    return DVEFormerConfig(**TINY_CONFIG_FIELDS)
+    return TINY_TEST_CONFIG
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from dve_perception.model.context_module import PyramidPoolingModule
 from dve_perception.model.decoder import EmbeddingDecoder
 from dve_perception.model.encoder import RGBDSwinEncoder, SwinBackbone
 
-__all__ = ["VARIANTS", "DVEFormer", "DVEFormerConfig", "build_dveformer"]
+__all__ = ["TINY_TEST_CONFIG", "VARIANTS", "DVEFormer", "DVEFormerConfig", "build_dveformer"]
 
 #: Input sides must be multiples of the encoder's total stride.
 INPUT_MULTIPLE = 32
@@ -82,6 +82,20 @@ VARIANTS: dict[str, DVEFormerConfig] = {
     "fullres": DVEFormerConfig(),
     "reducedres": replace(DVEFormerConfig(), n_upsamplings=0),
 }
+
+
+#: A small configuration with every structural feature of the published ones (four stages,
+#: shifted blocks, both pyramid bins, three skips) that runs in milliseconds: for fast tests and
+#: examples, like timm's test_* models. Not a trained model and not a published variant.
+TINY_TEST_CONFIG = DVEFormerConfig(
+    rgb_embed_dim=12,
+    depth_embed_dim=4,
+    depths=(1, 2, 2, 1),
+    num_heads=(1, 2, 2, 4),
+    decoder_channels=(32, 16, 8, 8),
+    decoder_fuse_channels=32,
+    embedding_dim=16,
+)
 
 
 class DVEFormer(nn.Module):

@@ -29,21 +29,13 @@ from dve_perception.backends.onnx_export import (
     read_export_metadata,
 )
 from dve_perception.errors import BackendUnavailableError, CheckpointError, ConfigError, InputError
-from dve_perception.model import DVEFormerConfig, build_dveformer
+from dve_perception.model import build_dveformer
+from dve_perception.model.dveformer import TINY_TEST_CONFIG
 from dve_perception.model.generated_weights import generate_state_dict
 
 # fp32 onnxruntime vs PyTorch on CPU measures about 1e-6; 1e-4 leaves room for other CPUs' kernels.
 TOLERANCE = 1e-4
-# Every structural feature of the real model (shifted blocks, both bins, three skips), 16-d output.
-SMALL = DVEFormerConfig(
-    rgb_embed_dim=12,
-    depth_embed_dim=4,
-    depths=(1, 1, 2, 1),
-    num_heads=(1, 2, 2, 4),
-    decoder_channels=(32, 16, 8, 8),
-    decoder_fuse_channels=32,
-    embedding_dim=16,
-)
+SMALL = TINY_TEST_CONFIG
 
 
 def small_model(n_upsamplings=2):
