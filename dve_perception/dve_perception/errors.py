@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "DvePerceptionError",
     "InputError",
+    "MapFileError",
 ]
 
 
@@ -34,3 +35,7 @@ class CheckpointError(DvePerceptionError):
 
 class BackendUnavailableError(DvePerceptionError, ImportError):
     """An optional dependency needed for the requested feature is not installed."""
+
+
+class MapFileError(DvePerceptionError):
+    """A saved map file is missing, truncated, corrupted, foreign or from a newer format version."""

@@ -17,7 +17,15 @@ import torch
 from dve_perception.errors import InputError
 from dve_perception.postprocess import normalize_embedding
 
-__all__ = ["PcaBasis", "blend", "fit_pca", "label_colors", "label_palette", "pca_colors"]
+__all__ = [
+    "PcaBasis",
+    "blend",
+    "fit_pca",
+    "heat_colors",
+    "label_colors",
+    "label_palette",
+    "pca_colors",
+]
 
 #: Pixels used to fit the PCA; a strided subsample keeps the fit fast and deterministic.
 _DEFAULT_PCA_SAMPLES = 20_000
@@ -114,6 +122,43 @@ def pca_colors(embedding: torch.Tensor, basis: PcaBasis | None = None) -> np.nda
     h, w = embedding.shape[-2:]
     rgb = (unit * 255.0).round().to(torch.uint8).reshape(h, w, 3)
     return rgb.cpu().numpy()
+
+
+#: Blue -> cyan -> green -> yellow -> red, evenly spaced: readable in RViz and in print.
+_HEAT_STOPS = np.array(
+    [[0, 0, 255], [0, 255, 255], [0, 255, 0], [255, 255, 0], [255, 0, 0]], dtype=np.float32
+)
+
+
+def heat_colors(
+    scores: np.ndarray | torch.Tensor, low: float | None = None, high: float | None = None
+) -> np.ndarray:
+    """Map scores to heat-map colours (blue = low, red = high).
+
+    Args:
+        scores: (N,) scores; NaN maps to grey.
+        low: score mapped to blue; None uses the minimum finite score.
+        high: score mapped to red; None uses the maximum finite score.
+
+    Returns:
+        (N, 3) uint8 RGB.
+    """
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().cpu().numpy()
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(scores)
+    colors = np.full((scores.shape[0], 3), 128, dtype=np.uint8)
+    if not finite.any():
+        return colors
+    low = float(scores[finite].min()) if low is None else low
+    high = float(scores[finite].max()) if high is None else high
+    unit = np.clip((scores[finite] - low) / max(high - low, _NORM_EPS), 0.0, 1.0)
+    position = unit * (len(_HEAT_STOPS) - 1)
+    lower = np.minimum(position.astype(np.int64), len(_HEAT_STOPS) - 2)
+    fraction = (position - lower)[:, None]
+    mixed = (1 - fraction) * _HEAT_STOPS[lower] + fraction * _HEAT_STOPS[lower + 1]
+    colors[finite] = np.round(mixed).astype(np.uint8)
+    return colors
 
 
 def label_palette(num_classes: int) -> np.ndarray:

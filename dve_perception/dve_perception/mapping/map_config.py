@@ -1,0 +1,110 @@
+"""Settings of the voxel embedding map, declared once with defaults, descriptions and checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from dve_perception.errors import ConfigError
+
+__all__ = ["FEATURE_ENCODINGS", "MapConfig"]
+
+#: "float16": the 768-d running mean itself (1536 B/voxel). "pca": its coefficients in an
+#: orthonormal basis fitted on the map's first voxels (2 * pca_dim B/voxel); see docs/mapping.md.
+FEATURE_ENCODINGS = ("float16", "pca")
+
+
+def _describe(text: str) -> dict[str, str]:
+    return {"description": text}
+
+
+@dataclass(frozen=True)
+class MapConfig:
+    """How the map stores, fuses, bounds and forgets voxel embeddings."""
+
+    voxel_size_m: float = field(default=0.05, metadata=_describe("voxel edge length in metres"))
+    embedding_dim: int = field(default=768, metadata=_describe("dimension of the embeddings"))
+    max_voxels: int = field(
+        default=1_000_000,
+        metadata=_describe("memory budget: the map never holds more voxels than this"),
+    )
+    eviction_fraction: float = field(
+        default=0.05,
+        metadata=_describe(
+            "when the budget is reached, evict this fraction of it at once (least recently "
+            "observed first, then farthest from the camera), so eviction is not paid per frame"
+        ),
+    )
+    weight_cap: float = field(
+        default=50.0,
+        metadata=_describe(
+            "cap on a voxel's fused weight (observations); a lower cap follows changes faster"
+        ),
+    )
+    min_depth_m: float = field(default=0.1, metadata=_describe("ignore pixels closer than this"))
+    max_depth_m: float = field(
+        default=5.0, metadata=_describe("ignore pixels farther than this (depth noise grows)")
+    )
+    feature_encoding: str = field(
+        default="float16", metadata=_describe(f"voxel feature storage, one of {FEATURE_ENCODINGS}")
+    )
+    pca_dim: int = field(
+        default=128, metadata=_describe("basis size for feature_encoding 'pca' (2 B each)")
+    )
+    pca_fit_voxels: int = field(
+        default=20_000,
+        metadata=_describe(
+            "with 'pca', voxels are kept in float16 until this many exist, then the basis is "
+            "fitted on them and every voxel is converted"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        """Check ranges and enums, naming the field and the value received."""
+        _positive_finite("voxel_size_m", self.voxel_size_m)
+        _positive_finite("weight_cap", self.weight_cap)
+        _positive_finite("max_depth_m", self.max_depth_m)
+        for name in ("embedding_dim", "max_voxels", "pca_dim", "pca_fit_voxels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 < self.eviction_fraction < 1.0:
+            raise ConfigError(f"eviction_fraction must be in (0, 1), got {self.eviction_fraction}")
+        if not 0.0 <= self.min_depth_m < self.max_depth_m:
+            raise ConfigError(
+                f"need 0 <= min_depth_m < max_depth_m, got {self.min_depth_m}, {self.max_depth_m}"
+            )
+        if self.feature_encoding not in FEATURE_ENCODINGS:
+            raise ConfigError(
+                f"feature_encoding must be one of {FEATURE_ENCODINGS}, "
+                f"got {self.feature_encoding!r}"
+            )
+        if self.feature_encoding == "pca" and self.pca_dim >= self.embedding_dim:
+            raise ConfigError(
+                f"pca_dim ({self.pca_dim}) must be smaller than embedding_dim "
+                f"({self.embedding_dim}); use feature_encoding 'float16' to keep every dimension"
+            )
+        if self.feature_encoding == "pca" and self.pca_fit_voxels < self.pca_dim:
+            raise ConfigError(
+                f"pca_fit_voxels ({self.pca_fit_voxels}) must be at least pca_dim ({self.pca_dim})"
+            )
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """Return the settings as JSON scalars (stored in map files)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> MapConfig:
+        """Build a config from stored settings, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except TypeError as err:
+            raise ConfigError(f"invalid map settings {values}: {err}") from err
+
+
+def _positive_finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite positive number, got {value}")

@@ -1,0 +1,308 @@
+"""Sparse voxel storage of fused embeddings: keys, features, weights, recency and a memory cap.
+
+The map knows voxels, not cameras (the integrator turns frames into per-voxel observations).
+Each voxel holds the weighted running mean m of the unit embeddings observed in it, as float16,
+either in full (`float16`) or as coefficients in an orthonormal basis (`pca`). Scores against a
+unit query q are cosines <q, m> / |m|; the norm is cached per voxel. Storage lives in
+preallocated tensors on one device (CPU or CUDA) and grows geometrically up to `max_voxels`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from dve_perception.mapping.map_config import MapConfig
+from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys, unpack_voxel_keys
+
+__all__ = ["VoxelEmbeddingMap"]
+
+_LOG = logging.getLogger(__name__)
+#: Rows scored per chunk: bounds the float32 temporaries of a query over a large map.
+_SCORE_CHUNK = 262_144
+_NORM_EPS = 1e-12
+
+
+class VoxelEmbeddingMap:
+    """Voxel keys -> (feature, weight, norm, last_seen), with budgeted eviction."""
+
+    def __init__(self, config: MapConfig, device: torch.device | str = "cpu") -> None:
+        """Create an empty map with `config` on `device`."""
+        self.config = config
+        self.device = torch.device(device)
+        self.clear()
+
+    def __len__(self) -> int:
+        """Return the number of voxels."""
+        return self._size
+
+    @property
+    def feature_dim(self) -> int:
+        """Return the stored feature width: embedding_dim, or pca_dim after the basis is fitted."""
+        return self._features.shape[1]
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """(N,) int64 packed voxel keys (a view; do not modify)."""
+        return self._keys[: self._size]
+
+    @property
+    def voxels(self) -> torch.Tensor:
+        """(N, 3) int64 integer voxel indices."""
+        return unpack_voxel_keys(self.keys)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """(N, F) float16 running means (a view; do not modify)."""
+        return self._features[: self._size]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """(N,) float32 fused weights (a view)."""
+        return self._weights[: self._size]
+
+    @property
+    def last_seen(self) -> torch.Tensor:
+        """(N,) int64 index of the frame that last observed each voxel (a view)."""
+        return self._last_seen[: self._size]
+
+    def voxel_centers(self) -> torch.Tensor:
+        """(N, 3) float32 voxel centres in metres, world frame."""
+        return (self.voxels.to(torch.float32) + 0.5) * self.config.voxel_size_m
+
+    def bytes_per_voxel(self) -> float:
+        """Return the storage per voxel: feature, weight, norm, recency, key and hash buckets."""
+        per_row = self.feature_dim * 2 + 4 + 4 + 8 + 8
+        hash_bytes = 16 * self._index.bucket_count / max(1, self._size)
+        return per_row + hash_bytes
+
+    def fuse(
+        self,
+        keys: torch.Tensor,
+        directions: torch.Tensor,
+        weights: torch.Tensor,
+        camera_position_m: torch.Tensor,
+    ) -> tuple[int, int]:
+        """Fuse one frame's per-voxel observations; return (voxels created, voxels evicted).
+
+        Existing voxels move toward the observation by weight / (fused weight + weight), and the
+        fused weight is capped at `weight_cap`, so old content fades once a voxel is well known.
+        When new voxels do not fit in `max_voxels`, the least recently observed voxels are
+        evicted (farthest from the camera first among equally old ones); if the frame alone has
+        more new voxels than the budget, only the nearest are admitted.
+
+        Args:
+            keys: (U,) int64 unique packed voxel keys observed in this frame.
+            directions: (U, D) float32 unit embeddings, one per key (the frame's voxel means).
+            weights: (U,) float32 observation weights in (0, 1].
+            camera_position_m: (3,) float32 camera centre in the world frame.
+        """
+        codes = self.encode(directions)
+        slots = self._index.find(keys)
+        new = slots < 0
+        removed = 0
+        budget = self.config.max_voxels
+        if self._size + int(new.sum()) > budget:
+            removed += self._evict_for(int(new.sum()), camera_position_m, slots[~new])
+            slots = self._index.find(keys)  # eviction compacted storage and moved slots
+            new = slots < 0
+            room = budget - self._size
+            if int(new.sum()) > room:
+                admitted = self._nearest_new(keys, new, room, camera_position_m)
+                removed += int(new.sum()) - room
+                keys, codes, weights = keys[admitted], codes[admitted], weights[admitted]
+                slots, new = slots[admitted], new[admitted]
+        self._update_existing(slots[~new], codes[~new], weights[~new])
+        created = int(new.sum())
+        self._append(keys[new], codes[new], weights[new])
+        self.evicted_count += removed
+        self.frame_count += 1
+        if self.config.feature_encoding == "pca" and self.basis is None:
+            if self._size >= self.config.pca_fit_voxels:
+                self.fit_basis()
+        return created, removed
+
+    def encode(self, directions: torch.Tensor) -> torch.Tensor:
+        """Project (M, D) float32 embeddings into the stored feature space (float32)."""
+        return directions if self.basis is None else directions @ self.basis
+
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of every voxel with each query.
+
+        Args:
+            queries: (Q, D) float32 unit vectors in embedding space.
+
+        Returns:
+            (N, Q) float32 cosines in [-1, 1]; 0 for voxels whose mean vanished.
+        """
+        codes = self.encode(queries).T.contiguous()  # (F, Q)
+        out = torch.empty(self._size, queries.shape[0], device=self.device)
+        half = codes.to(torch.float16)
+        for start in range(0, self._size, _SCORE_CHUNK):
+            block = self._features[start : min(start + _SCORE_CHUNK, self._size)]
+            # float16 products accumulate in float32 inside the kernel; the rounding of the
+            # result (~5e-4 relative) is below the spread that matters for ranking voxels.
+            out[start : start + block.shape[0]] = (block @ half).to(torch.float32)
+        return out / self.norms.clamp_min(_NORM_EPS).unsqueeze(1)
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """(N,) float32 norm of each voxel's stored mean (<= 1; lower when views disagree)."""
+        return self._norms[: self._size]
+
+    def fit_basis(self) -> None:
+        """Fit the PCA basis on the current voxels and convert every voxel to coefficients.
+
+        The basis is uncentred (eigenvectors of sum m m^T over unit voxel means), because what
+        must survive is the inner product with text vectors, not the variance about a mean.
+        """
+        if self.basis is not None:
+            return
+        sample = self.features.to(torch.float32)
+        sample = sample / sample.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
+        _, vectors = torch.linalg.eigh(sample.T @ sample)
+        basis = vectors[:, -self.config.pca_dim :].flip(1).contiguous()  # (D, k), largest first
+        # Fix each vector's sign (largest loading positive) so a refit on the same data agrees.
+        signs = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
+        basis = basis * torch.where(signs == 0, torch.ones_like(signs), signs)
+        codes = self.features.to(torch.float32) @ basis
+        self.basis = basis
+        self._resize(self._capacity, basis.shape[1])
+        self._features[: self._size] = codes.to(torch.float16)
+        self._norms[: self._size] = _row_norms(self.features)
+        _LOG.info("fitted a %d-d PCA basis on %d voxels", basis.shape[1], self._size)
+
+    def remove(self, keep: torch.Tensor) -> int:
+        """Keep only voxels where `keep` (N,) bool is True, compacting storage; return removed."""
+        kept = keep.nonzero().squeeze(1)
+        n = kept.numel()
+        for array in (self._keys, self._features, self._weights, self._norms, self._last_seen):
+            array[:n] = array[kept]
+        removed = self._size - n
+        self._size = n
+        self._index.rebuild(self.keys, torch.arange(n, device=self.device))
+        return removed
+
+    def clear(self) -> None:
+        """Remove every voxel and the basis; counters restart."""
+        self.frame_count = 0
+        self.evicted_count = 0
+        self.basis: torch.Tensor | None = None  # (D, k) float32 once a PCA basis is fitted
+        self._index = VoxelHashIndex(self.device)
+        self._size = 0
+        self._capacity = 0
+        self._features = torch.empty(0, self.config.embedding_dim, dtype=torch.float16)
+        self._resize(0, self.config.embedding_dim)
+
+    def load_state(
+        self,
+        voxels: torch.Tensor,
+        features: torch.Tensor,
+        weights: torch.Tensor,
+        last_seen: torch.Tensor,
+        basis: torch.Tensor | None,
+    ) -> None:
+        """Replace the content with validated arrays (from a map file)."""
+        n = voxels.shape[0]
+        self.basis = None if basis is None else basis.to(self.device, torch.float32)
+        self._size = 0
+        self._resize(n, features.shape[1])
+        self._size = n
+        self._keys[:n] = pack_voxel_keys(voxels.to(self.device))
+        self._features[:n] = features.to(self.device)
+        self._weights[:n] = weights.to(self.device)
+        self._last_seen[:n] = last_seen.to(self.device)
+        self._norms[:n] = _row_norms(self._features[:n])
+        self._index.rebuild(self.keys, torch.arange(n, device=self.device))
+
+    def _evict_for(
+        self, incoming: int, camera_position_m: torch.Tensor, protected: torch.Tensor
+    ) -> int:
+        """Evict old voxels so `incoming` new ones fit with some slack; return how many."""
+        budget = self.config.max_voxels
+        slack = int(self.config.eviction_fraction * budget)
+        target = max(0, budget - min(incoming, budget) - slack)
+        if self._size <= target:
+            return 0
+        recency = self.last_seen.clone()
+        recency[protected] = self.frame_count  # observed again in the frame being fused
+        distance = (self.voxel_centers() - camera_position_m).norm(dim=1)
+        order = distance.argsort()  # nearest first
+        order = order[recency[order].argsort(descending=True, stable=True)]
+        keep = torch.zeros(self._size, dtype=torch.bool, device=self.device)
+        keep[order[:target]] = True
+        return self.remove(keep)
+
+    def _nearest_new(
+        self, keys: torch.Tensor, new: torch.Tensor, room: int, camera_position_m: torch.Tensor
+    ) -> torch.Tensor:
+        """Return a (U,) bool mask: every existing entry plus the `room` nearest new ones."""
+        new_at = new.nonzero().squeeze(1)
+        centres = (
+            unpack_voxel_keys(keys[new_at]).to(torch.float32) + 0.5
+        ) * self.config.voxel_size_m
+        nearest = new_at[(centres - camera_position_m).norm(dim=1).argsort()[:room]]
+        admitted = ~new
+        admitted[nearest] = True
+        return admitted
+
+    def _update_existing(
+        self, slots: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor
+    ) -> None:
+        old_weight = self._weights.index_select(0, slots)
+        mean = self._features.index_select(0, slots).to(torch.float32)
+        # m <- m + (x - m) * w / (W + w): the weighted running mean, in place (lerp) because the
+        # temporaries of the spelled-out formula cost more than the arithmetic on a CPU.
+        mean.lerp_(codes, (weights / (old_weight + weights)).unsqueeze(1))
+        stored = mean.to(torch.float16)
+        self._features.index_copy_(0, slots, stored)
+        # Norms of the stored float16 rows, not of the float32 mean: a reloaded map (which
+        # recomputes them) then scores bit-identically.
+        self._norms.index_copy_(0, slots, _row_norms(stored))
+        self._weights.index_copy_(
+            0, slots, (old_weight + weights).clamp_max(self.config.weight_cap)
+        )
+        self._last_seen[slots] = self.frame_count
+
+    def _append(self, keys: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor) -> None:
+        m = keys.numel()
+        if m == 0:
+            return
+        if self._size + m > self._capacity:
+            grown = max(self._size + m, int(1.5 * self._capacity), 1024)
+            self._resize(min(grown, self.config.max_voxels), self.feature_dim)
+        start, end = self._size, self._size + m
+        self._keys[start:end] = keys
+        self._features[start:end] = codes.to(torch.float16)
+        self._norms[start:end] = _row_norms(self._features[start:end])
+        self._weights[start:end] = weights.clamp_max(self.config.weight_cap)
+        self._last_seen[start:end] = self.frame_count
+        self._index.insert(keys, torch.arange(start, end, device=self.device))
+        self._size = end
+
+    def _resize(self, capacity: int, feature_dim: int) -> None:
+        """Reallocate storage for `capacity` voxels, keeping the current rows.
+
+        Features are kept only when their width is unchanged (fit_basis writes the new ones).
+        """
+        n = self._size
+        arrays = {
+            "_keys": torch.empty(capacity, dtype=torch.int64, device=self.device),
+            "_features": torch.empty(
+                capacity, feature_dim, dtype=torch.float16, device=self.device
+            ),
+            "_weights": torch.empty(capacity, dtype=torch.float32, device=self.device),
+            "_norms": torch.empty(capacity, dtype=torch.float32, device=self.device),
+            "_last_seen": torch.empty(capacity, dtype=torch.int64, device=self.device),
+        }
+        for name, array in arrays.items():
+            if n and (name != "_features" or feature_dim == self._features.shape[1]):
+                array[:n] = getattr(self, name)[:n]
+            setattr(self, name, array)
+        self._capacity = capacity
+
+
+def _row_norms(rows: torch.Tensor) -> torch.Tensor:
+    """(M, F) float16 -> (M,) float32 norms, accumulated in float32."""
+    return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32)
