@@ -156,10 +156,11 @@ class EmbeddingMap:
             if threshold is None:
                 threshold = default_threshold(used, name) if len(storage) else 0.0
             clusters = cluster_voxels(
-                storage.voxels, used, threshold, self.voxel_size_m, top_k, min_cluster_voxels
+                storage.keys, used, threshold, self.voxel_size_m, top_k, min_cluster_voxels
             )
             return QueryResult(
-                points_m=storage.voxel_centers().cpu().numpy(),
+                keys=storage.keys.cpu().numpy().copy(),
+                voxel_size_m=self.voxel_size_m,
                 cosine=cosine.cpu().numpy(),
                 relevancy=None if relevance is None else relevance.cpu().numpy(),
                 score_name=name,

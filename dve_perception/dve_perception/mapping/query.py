@@ -11,11 +11,12 @@ their best voxel.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
-from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys
+from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys, unpack_voxel_keys
 
 __all__ = [
     "CANONICAL_NEGATIVES",
@@ -63,16 +64,18 @@ class VoxelCluster:
         return self.box_max_m - self.box_min_m
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QueryResult:
     """Per-voxel scores and the ranked matches of one query.
 
     `scores` is what the threshold and the clusters use: `relevancy` when negatives were
-    given, otherwise `cosine`. Arrays are aligned with `points_m` (the map's voxel centres at
-    query time).
+    given, otherwise `cosine`. Per-voxel arrays are aligned with `points_m`, the map's voxel
+    centres at query time (decoded from `keys` on first use: a million voxels take ~30 ms, which
+    a caller that only wants the clusters should not pay).
     """
 
-    points_m: np.ndarray  # (N, 3) float32 voxel centres
+    keys: np.ndarray  # (N,) int64 packed voxel keys of the map at query time
+    voxel_size_m: float
     cosine: np.ndarray  # (N,) float32
     relevancy: np.ndarray | None  # (N,) float32 in (0, 1), None without negatives
     score_name: str  # "relevancy" or "cosine"
@@ -83,6 +86,12 @@ class QueryResult:
     def scores(self) -> np.ndarray:
         """(N,) the per-voxel score used for the threshold and clusters."""
         return self.relevancy if self.relevancy is not None else self.cosine
+
+    @cached_property
+    def points_m(self) -> np.ndarray:
+        """(N, 3) float32 voxel centres in metres, world frame."""
+        voxels = unpack_voxel_keys(torch.from_numpy(self.keys)).to(torch.float32)
+        return ((voxels + 0.5) * self.voxel_size_m).numpy()
 
 
 def relevancy(
@@ -100,8 +109,10 @@ def relevancy(
     Returns:
         (N,) min over negatives of exp(s_q / t) / (exp(s_q / t) + exp(s_neg / t)), in (0, 1).
     """
-    pairwise = torch.sigmoid((cosine.unsqueeze(1) - negative_cosines) / temperature)
-    return pairwise.min(dim=1).values
+    # Each pairwise softmax is sigmoid((s_q - s_neg) / t), which is monotonic in s_neg, so the
+    # minimum over negatives is the one against the best-matching negative: one pass, no (N, K).
+    hardest = negative_cosines.max(dim=1).values
+    return torch.sigmoid((cosine - hardest) / temperature)
 
 
 def default_threshold(scores: torch.Tensor, score_name: str) -> float:
@@ -154,7 +165,7 @@ def connected_components(voxels: torch.Tensor) -> torch.Tensor:
 
 
 def cluster_voxels(
-    voxels: torch.Tensor,
+    keys: torch.Tensor,
     scores: torch.Tensor,
     threshold: float,
     voxel_size_m: float,
@@ -164,7 +175,7 @@ def cluster_voxels(
     """Group voxels scoring at least `threshold` into connected clusters and rank them.
 
     Args:
-        voxels: (N, 3) int64 voxel indices of the whole map.
+        keys: (N,) int64 packed voxel keys of the whole map.
         scores: (N,) float32 per-voxel scores.
         threshold: minimum score of a voxel in a cluster.
         voxel_size_m: voxel edge in metres.
@@ -177,7 +188,8 @@ def cluster_voxels(
     selected = (scores >= threshold).nonzero().squeeze(1)
     if selected.numel() == 0 or top_k < 1:
         return ()
-    labels = connected_components(voxels[selected])
+    voxels = unpack_voxel_keys(keys[selected])  # only the selected ones: cheap on big maps
+    labels = connected_components(voxels)
     count = int(labels.max()) + 1
     sizes = torch.bincount(labels, minlength=count)
     best = torch.full((count,), -torch.inf, device=scores.device)
@@ -185,8 +197,9 @@ def cluster_voxels(
     order = [c for c in best.argsort(descending=True).tolist() if sizes[c] >= min_voxels]
     clusters = []
     for component in order[:top_k]:
-        members = selected[labels == component]
-        cluster_voxels_ = voxels[members].to(torch.float64)
+        in_cluster = labels == component
+        members = selected[in_cluster]
+        cluster_voxels_ = voxels[in_cluster].to(torch.float64)
         member_scores = scores[members]
         clusters.append(
             VoxelCluster(

@@ -113,9 +113,14 @@ class VoxelEmbeddingMap:
                 removed += int(new.sum()) - room
                 keys, codes, weights = keys[admitted], codes[admitted], weights[admitted]
                 slots, new = slots[admitted], new[admitted]
-        self._update_existing(slots[~new], codes[~new], weights[~new])
         created = int(new.sum())
-        self._append(keys[new], codes[new], weights[new])
+        if created == 0:  # the common case once a place is mapped: no row copies
+            self._update_existing(slots, codes, weights)
+        else:
+            old_rows = (~new).nonzero().squeeze(1)
+            self._update_existing(slots[old_rows], codes[old_rows], weights[old_rows])
+            new_rows = new.nonzero().squeeze(1)
+            self._append(keys[new_rows], codes[new_rows], weights[new_rows])
         self.evicted_count += removed
         self.frame_count += 1
         if self.config.feature_encoding == "pca" and self.basis is None:
@@ -257,9 +262,9 @@ class VoxelEmbeddingMap:
         mean.lerp_(codes, (weights / (old_weight + weights)).unsqueeze(1))
         stored = mean.to(torch.float16)
         self._features.index_copy_(0, slots, stored)
-        # Norms of the stored float16 rows, not of the float32 mean: a reloaded map (which
-        # recomputes them) then scores bit-identically.
-        self._norms.index_copy_(0, slots, _row_norms(stored))
+        # Norms of the stored float16 rows, not of the float32 mean, so that a reloaded map
+        # (which recomputes them) scores bit-identically; `mean` is reused as the buffer.
+        self._norms.index_copy_(0, slots, torch.linalg.vector_norm(mean.copy_(stored), dim=1))
         self._weights.index_copy_(
             0, slots, (old_weight + weights).clamp_max(self.config.weight_cap)
         )
@@ -274,8 +279,9 @@ class VoxelEmbeddingMap:
             self._resize(min(grown, self.config.max_voxels), self.feature_dim)
         start, end = self._size, self._size + m
         self._keys[start:end] = keys
-        self._features[start:end] = codes.to(torch.float16)
-        self._norms[start:end] = _row_norms(self._features[start:end])
+        stored = codes.to(torch.float16)
+        self._features[start:end] = stored
+        self._norms[start:end] = _row_norms(stored)
         self._weights[start:end] = weights.clamp_max(self.config.weight_cap)
         self._last_seen[start:end] = self.frame_count
         self._index.insert(keys, torch.arange(start, end, device=self.device))
@@ -304,5 +310,5 @@ class VoxelEmbeddingMap:
 
 
 def _row_norms(rows: torch.Tensor) -> torch.Tensor:
-    """(M, F) float16 -> (M,) float32 norms, accumulated in float32."""
-    return torch.linalg.vector_norm(rows, dim=1, dtype=torch.float32)
+    """(M, F) float16 -> (M,) float32 norms, computed exactly as `_update_existing` does."""
+    return torch.linalg.vector_norm(rows.to(torch.float32), dim=1)

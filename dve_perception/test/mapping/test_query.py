@@ -14,6 +14,7 @@ from dve_perception.mapping.query import (
     default_threshold,
     relevancy,
 )
+from dve_perception.mapping.voxel_hash import pack_voxel_keys
 from dve_perception.visualization import heat_colors
 
 DIM = 16
@@ -49,7 +50,9 @@ def test_a_long_snake_is_one_component():
 def test_clusters_are_ranked_by_their_best_voxel_and_describe_their_box():
     voxels = torch.tensor([[0, 0, 0], [0, 0, 1], [10, 0, 0], [20, 0, 0]])
     scores = torch.tensor([0.6, 0.7, 0.9, 0.1])
-    clusters = cluster_voxels(voxels, scores, threshold=0.5, voxel_size_m=0.1, top_k=5)
+    clusters = cluster_voxels(
+        pack_voxel_keys(voxels), scores, threshold=0.5, voxel_size_m=0.1, top_k=5
+    )
     assert [c.voxel_count for c in clusters] == [1, 2]
     assert clusters[0].score == pytest.approx(0.9)
     second = clusters[1]
@@ -61,10 +64,10 @@ def test_clusters_are_ranked_by_their_best_voxel_and_describe_their_box():
 
 
 def test_small_clusters_can_be_dropped_and_top_k_limits_the_answer():
-    voxels = torch.tensor([[0, 0, 0], [0, 0, 1], [10, 0, 0]])
+    keys = pack_voxel_keys(torch.tensor([[0, 0, 0], [0, 0, 1], [10, 0, 0]]))
     scores = torch.tensor([0.6, 0.7, 0.9])
-    assert [c.voxel_count for c in cluster_voxels(voxels, scores, 0.5, 0.1, 5, min_voxels=2)] == [2]
-    assert len(cluster_voxels(voxels, scores, 0.5, 0.1, top_k=1)) == 1
+    assert [c.voxel_count for c in cluster_voxels(keys, scores, 0.5, 0.1, 5, min_voxels=2)] == [2]
+    assert len(cluster_voxels(keys, scores, 0.5, 0.1, top_k=1)) == 1
 
 
 def test_relevancy_exceeds_one_half_exactly_when_the_query_beats_every_negative():
@@ -100,7 +103,8 @@ def test_query_finds_the_half_of_the_plane_that_matches():
     best = result.clusters[0]
     assert best.score == pytest.approx(1.0, abs=1e-3)
     assert best.centroid_m[0] > 0.0  # the right half of the image is +x in the optical frame
-    assert result.points_m.shape == (len(emap), 3) and result.cosine.shape == (len(emap),)
+    assert result.cosine.shape == (len(emap),)
+    np.testing.assert_array_equal(result.points_m, emap.points())
 
 
 def test_query_with_negatives_uses_relevancy():
