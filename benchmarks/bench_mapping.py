@@ -1,0 +1,408 @@
+#!/usr/bin/env python3
+"""CPU benchmark of the voxel embedding map: integration, query latency, compression, memory.
+
+Prints five tables on the synthetic room of `dve_perception.simulation` (768-d embeddings =
+label prototype + smooth feature field (amplitude 0.5) + pixel noise 0.3, 5 cm voxels):
+
+1. Integration: median ms per `EmbeddingMap.integrate` of one frame into a map that already
+   holds the earlier frames of an orbit, channels-first and channels-last, against reading the
+   frame once (`torch.from_numpy(emb).sum()`) in the same run. Target: 120x160 <= 20 ms.
+2. Query latency vs map size: `EmbeddingMap.query` (text + 4 negatives, top 5 clusters, a
+   threshold that ~200 voxels pass) and bare `storage.scores` of 5 vectors on maps filled with
+   `load_state`, float16 and pca 128/64, against a naive NumPy float16 matvec + top-10 (run
+   once). Target: 1,000,000 voxels <= 50 ms.
+3. Compression fidelity: scores of each encoding vs exact float32 cosines of the float16 map on
+   the integrated scene (8 prototypes + 20 text-like queries): top-10 agreement, Spearman rank
+   correlation over all voxels, max |error|. Target: <= 256 B/voxel with top-10 agreement >= 0.95.
+4. Memory bound: two laps of the orbit into a map with max_voxels = 1/3 of the unbounded size.
+5. Hash index: `VoxelHashIndex` insert/find, and open3d's `core.HashMap` if it is importable.
+
+Times use time.perf_counter, warm-up runs and medians; seeds are fixed. Absolute numbers depend
+on the machine (and on other load: the load average is printed); compare the ratios, which are
+measured against a baseline in the same run.
+
+    .venv/bin/python benchmarks/bench_mapping.py [--quick] [--sections 1 2 3 4 5]
+
+Default: ~2 min on an idle 2-core CPU (more under load), peak ~8 GB of memory; --quick: < 1 min.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+from _mapping_scene import (
+    DIM,
+    MAX_DEPTH_M,
+    VOXEL_SIZE_M,
+    BenchScene,
+    bench_scene,
+    cosines,
+    fitted_basis,
+    machine_line,
+    median_ms,
+    print_table,
+    project,
+    quantized,
+    sample_voxel_features,
+    spearman,
+    storage_copy,
+    target_note,
+    text_like_queries,
+    timed_ms,
+    topk_agreement,
+    topk_within,
+    unit,
+)
+
+from dve_perception.mapping import EmbeddingMap, MapConfig
+from dve_perception.mapping.query import relevancy
+from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys
+
+SIZES = {  # name: (default, quick)
+    "frames": (32, 10),  # orbit frames at 120x160 (sections 1, 3, 4)
+    "large": ((480, 640, 4), (240, 320, 2)),  # (h, w, frames) of the large resolution
+    "online_fit": (20_000, 10_000),  # pca_fit_voxels of the online pca map (section 3)
+    "map_sizes": ((100_000, 1_000_000), (10_000, 100_000)),
+    "index": ((100_000, 1_000_000, 5_000), (20_000, 200_000, 5_000)),
+}
+SMALL = (120, 160)
+WARMUP_FRAMES = 2  # frames integrated before timing starts (1 at the large resolution)
+QUERY_PASS_VOXELS = 200
+
+
+def new_map(**settings) -> EmbeddingMap:
+    return EmbeddingMap(VOXEL_SIZE_M, embedding_dim=DIM, max_depth_m=MAX_DEPTH_M, **settings)
+
+
+def _read_once(array: np.ndarray) -> None:
+    torch.from_numpy(array).sum()
+
+
+def section_integration(small: list, large: tuple, repeats: int) -> EmbeddingMap:
+    """Section 1; returns the channels-last 120x160 map (the float16 map of sections 3, 4)."""
+    rows, layouts, kept = [], ("channels-first", "channels-last"), None
+    for (h, w), frames in ((SMALL, small), (large[:2], large[2])):
+        maps = {layout: new_map() for layout in layouts}
+        times: dict[str, list[float]] = {k: [] for k in ("read-cf", "read-cl", *layouts)}
+        for i, item in enumerate(frames):
+            frame, K, pose, emb_cl = item() if callable(item) else item
+            emb_cf = np.ascontiguousarray(emb_cl)  # same values, (D, h, w) C-contiguous
+            arrays = {"channels-first": emb_cf, "channels-last": emb_cl}
+            for name in layouts if i % 2 else layouts[::-1]:  # alternate which goes first
+                times[name].append(
+                    timed_ms(maps[name].integrate, arrays[name], frame.depth_m, K, pose)
+                )
+            # Reading the frame's memory once, in storage order: a lower bound of any pass.
+            times["read-cf"].append(median_ms(repeats, _read_once, emb_cf))
+            times["read-cl"].append(median_ms(repeats, _read_once, emb_cl.transpose(1, 2, 0)))
+            del emb_cf, arrays, emb_cl, item
+            gc.collect()
+        skip = WARMUP_FRAMES if (h, w) == SMALL else 1
+        med = {k: statistics.median(v[skip:]) for k, v in times.items()}
+        res, timed = f"{h}x{w}", len(frames) - skip
+        for layout, read in zip(layouts, ("read-cf", "read-cl"), strict=True):
+            ms = med[layout]
+            target = target_note(ms, 20.0) if (h, w) == SMALL else ""
+            rows.append((res, f"read once ({layout}, baseline)", timed, f"{med[read]:.1f}", "1.0"))
+            rows[-1] += ("", "")
+            ratio = f"{ms / med[read]:.1f}"
+            rows.append((res, f"integrate {layout}", timed, f"{ms:.1f}", ratio, target))
+            rows[-1] += (f"{len(maps[layout]):,}",)
+        if (h, w) == SMALL:
+            kept = maps["channels-last"]
+    print_table(
+        f"1. Integration of one 768-d frame into a float16 map (max_depth_m {MAX_DEPTH_M:g}) "
+        "that holds the earlier frames",
+        "resolution|case|frames timed|median ms/frame|x read once|target 120x160 <= 20 ms|"
+        "voxels after",
+        rows,
+        [
+            "channels-last = (768, h, w) view of an (h, w, 768) array; read once = "
+            "torch.from_numpy(array in storage order).sum(); medians over the frames after the "
+            f"first {WARMUP_FRAMES} (large resolution: after the first)"
+        ],
+    )
+    assert kept is not None
+    return kept
+
+
+def _naive_top10(features: np.ndarray, query: np.ndarray) -> np.ndarray:
+    scores = features @ query
+    return np.argpartition(-scores, 10)[:10]
+
+
+def _query(emap: EmbeddingMap, text, negatives, threshold: float) -> None:
+    emap.query(text, negatives=negatives, top_k=5, threshold=threshold)
+
+
+def section_queries(bench: BenchScene, sizes: tuple, repeats: int) -> None:
+    gen = torch.Generator().manual_seed(7)
+    protos = torch.from_numpy(np.array(bench.scene.prototypes))
+    text = unit(protos[2] + 0.5 * unit(torch.randn(DIM, generator=gen)))
+    negatives = unit(torch.randn(4, DIM, generator=gen))
+    five = torch.cat([text[None], negatives])
+    rows = []
+    for n in sizes:
+        voxels, features = sample_voxel_features(bench, n, seed=n)
+        ones, zeros = torch.ones(n), torch.zeros(n, dtype=torch.int64)
+        fit_n = min(n, MapConfig().pca_fit_voxels)
+        maps = {"float16": new_map(max_voxels=n)}
+        maps["float16"].storage.load_state(voxels, features, ones, zeros, None)
+        for k in (128, 64):
+            basis = fitted_basis(voxels[:fit_n], features[:fit_n], k)
+            emap = new_map(max_voxels=n, feature_encoding="pca", pca_dim=k, pca_fit_voxels=fit_n)
+            emap.storage.load_state(voxels, project(features, basis), ones, zeros, basis)
+            maps[f"pca {k}"] = emap
+        del features
+        gc.collect()
+        naive_ms = timed_ms(
+            _naive_top10, maps["float16"].storage.features.numpy(), text.numpy().astype(np.float16)
+        )
+        baseline = "naive NumPy fp16 matvec + top-10 (baseline, 1 run)"
+        naive = (f"{naive_ms:.1f}", "1.000")
+        rows.append((f"{n:,}", baseline, "1536", *naive, *naive, ""))
+        for name, emap in maps.items():
+            storage = emap.storage
+            scores = storage.scores(five)
+            rel = relevancy(scores[:, 0], scores[:, 1:])
+            threshold = float(rel.topk(QUERY_PASS_VOXELS).values[-1])
+            query_ms = median_ms(repeats, _query, emap, text, negatives, threshold)
+            scores_ms = median_ms(repeats, storage.scores, five)
+            target = target_note(query_ms, 50.0) if n >= 1_000_000 else ""
+            rows.append((f"{n:,}", name, f"{storage.bytes_per_voxel():.0f}", f"{query_ms:.1f}"))
+            rows[-1] += (f"{query_ms / naive_ms:.3f}", f"{scores_ms:.1f}")
+            rows[-1] += (f"{scores_ms / naive_ms:.3f}", target)
+        del maps
+        gc.collect()
+    print_table(
+        "2. Query latency vs map size",
+        "voxels|encoding|B/voxel|query ms|x naive|scores(5) ms|x naive|target 1M <= 50 ms",
+        rows,
+        [
+            "query = EmbeddingMap.query(text, 4 negatives, top_k=5, threshold passing "
+            f"{QUERY_PASS_VOXELS} voxels), end to end; scores(5) = storage.scores(text + 4 "
+            "negatives); naive = features_fp16 @ text_fp16 (1 query) + argpartition top-10",
+            "B/voxel = bytes_per_voxel() (feature + weight, norm, recency, key, hash buckets); "
+            "pca basis fitted (VoxelEmbeddingMap.fit_basis) on the first min(N, 20000) voxels",
+        ],
+    )
+
+
+def _online_pca(small_frames: list, storage, queries: torch.Tensor, fit_voxels: int):
+    """Integrate the frames into a pca 128 map from scratch; scores aligned with `storage`."""
+    online = new_map(feature_encoding="pca", pca_dim=128, pca_fit_voxels=fit_voxels)
+    fitted_at = None
+    for i, (frame, K, pose, emb) in enumerate(small_frames):
+        online.integrate(emb, frame.depth_m, K, pose)
+        if fitted_at is None and online.storage.basis is not None:
+            fitted_at = f"after frame {i + 1}/{len(small_frames)} at {len(online):,} voxels"
+    o_store = online.storage
+    if not torch.equal(o_store.keys.sort().values, storage.keys.sort().values):
+        return None
+    scores = torch.empty(len(storage), len(queries))
+    scores[storage.keys.argsort()] = o_store.scores(queries)[o_store.keys.argsort()]
+    when = fitted_at or "never: the map stayed below it"
+    name = f"pca 128 online (pca_fit_voxels {fit_voxels:,}; basis fitted {when})"
+    return name, 256, o_store.bytes_per_voxel(), scores
+
+
+#: Scores closer than this are ties for "top-10 within": twice the float16 rounding of a score.
+TIE_TOLERANCE = 1e-3
+
+
+def section_fidelity(
+    bench: BenchScene, fmap: EmbeddingMap, small_frames: list, fit_voxels: int
+) -> None:
+    storage = fmap.storage
+    voxels, features = storage.voxels.clone(), storage.features.clone()
+    protos = torch.from_numpy(np.array(bench.scene.prototypes))
+    queries = torch.cat([protos, text_like_queries(bench.scene, 20, seed=3)])
+    ref = cosines(features, queries)
+    fp16_case = ("float16 (map scores(), fp16 kernel)", 1536, storage.bytes_per_voxel())
+    cases = [(*fp16_case, storage.scores(queries))]
+    for k in (32, 64, 128, 256):
+        copy = storage_copy(
+            voxels, features, feature_encoding="pca", pca_dim=k, pca_fit_voxels=len(voxels)
+        )
+        copy.fit_basis()
+        name = f"pca {k} (basis fitted on all voxels)"
+        cases.append((name, 2 * k, copy.bytes_per_voxel(), copy.scores(queries)))
+    online = _online_pca(small_frames, storage, queries, fit_voxels)
+    if online is not None:
+        cases.append(online)
+    for bits, payload in ((8, DIM + 2), (4, DIM // 2 + 2)):
+        name = f"int{bits} per-voxel scale (reference, not offered)"
+        cases.append((name, payload, None, cosines(quantized(features, bits), queries)))
+    best = ref.topk(11, dim=0).values  # (11, Q) exact scores, best first
+    density = [float((best[a] - best[b]).median()) for a, b in ((0, 9), (9, 10))]
+    rows = []
+    for name, payload, total, approx in cases:
+        agree, rho = topk_agreement(ref, approx), spearman(ref, approx)
+        ok = "yes" if payload <= 256 and float(agree.mean()) >= 0.95 else "no"
+        total = "-" if total is None else f"{total:.0f}"
+        rows.append((name, payload, total, f"{agree.mean():.3f}", f"{agree.min():.2f}"))
+        within = topk_within(ref, approx, TIE_TOLERANCE)
+        rows[-1] += (f"{within.mean():.3f}", f"{rho.mean():.4f}")
+        rows[-1] += (f"{(approx - ref).abs().max():.4f}", ok)
+    print_table(
+        f"3. Compression fidelity ({len(voxels):,} voxels of {len(small_frames)} frames at "
+        f"{SMALL[0]}x{SMALL[1]}; {len(queries)} queries: {len(protos)} prototypes + 20 text-like)",
+        f"encoding|payload B/voxel|map B/voxel|top-10 agree|min|top-10 within {TIE_TOLERANCE:g}|"
+        "Spearman|max abs err|"
+        "<= 256 B & >= 0.95",
+        rows,
+        [
+            "reference = float32 cosines of the float16 map's features; Spearman over all voxels; "
+            "top-10 agree: mean over queries (min: worst query); top-10 within: fraction of the "
+            "returned top-10 whose exact score is >= the exact 10th best - tolerance (the "
+            "float16 storage itself rounds scores by ~5e-4)",
+            f"how close the exact top scores are (median over queries): best - 10th best = "
+            f"{density[0]:.4f}, 10th - 11th best = {density[1]:.5f}",
+        ]
+        + (
+            [] if online else ["pca 128 online skipped: its voxel set differs from the float16 map"]
+        ),
+    )
+
+
+def section_memory(fmap: EmbeddingMap, small_frames: list) -> None:
+    budget = len(fmap) // 3
+    rows = []
+    for name, cap in (("unbounded (baseline)", MapConfig().max_voxels), ("1/3 budget", budget)):
+        emap = new_map(max_voxels=cap)
+        sizes, times = [], []
+        for _ in range(2):  # two laps
+            for frame, K, pose, emb in small_frames:
+                times.append(timed_ms(emap.integrate, emb, frame.depth_m, K, pose))
+                sizes.append(len(emap))
+        ok = "yes" if max(sizes) <= cap else "NO"
+        rows.append((name, f"{cap:,}", f"{max(sizes):,}", ok, f"{emap.storage.evicted_count:,}"))
+        rows[-1] += (f"{emap.storage.bytes_per_voxel():.0f}", f"{statistics.median(times):.1f}")
+        rows[-1] += (f"{max(times):.1f}",)
+    print_table(
+        f"4. Memory bound: two laps of the {len(small_frames)}-frame orbit "
+        f"at {SMALL[0]}x{SMALL[1]}",
+        "map|max_voxels|max size after a frame|<= budget|evicted|B/voxel|median ms/frame|"
+        "max ms/frame",
+        rows,
+    )
+
+
+def _torch_insert(keys: torch.Tensor) -> VoxelHashIndex:
+    index = VoxelHashIndex()
+    index.insert(keys, torch.arange(len(keys)))
+    return index
+
+
+def _open3d_ops(small, keys, probe, repeats: int) -> list[tuple[str, float]]:
+    import open3d.core as o3c
+
+    def insert(k: np.ndarray):
+        hm = o3c.HashMap(len(k), o3c.int64, (1,), o3c.int64, (1,), o3c.Device("CPU:0"))
+        values = o3c.Tensor.from_numpy(np.arange(len(k))[:, None])
+        hm.insert(o3c.Tensor.from_numpy(k[:, None]), values)
+        return hm
+
+    def find(hm, k) -> None:  # the slots (values) of the keys, as VoxelHashIndex.find
+        buf, _ = hm.find(k)
+        hm.value_tensor()[buf.to(o3c.int64)]
+
+    small, keys, probe = small.numpy(), keys.numpy(), probe.numpy()
+    hm_small, hm_big = insert(small), insert(keys)
+    small_o3, probe_o3 = (o3c.Tensor.from_numpy(k[:, None]) for k in (small, probe))
+    return [
+        ("insert", median_ms(repeats, insert, small)),
+        ("find small", median_ms(repeats, find, hm_small, small_o3)),
+        ("insert big", median_ms(1, insert, keys)),
+        ("find probe", median_ms(repeats, find, hm_big, probe_o3)),
+    ]
+
+
+def section_hash(sizes: tuple, repeats: int) -> None:
+    small_n, big_n, probe_n = sizes
+    gen = torch.Generator().manual_seed(11)
+    voxels = torch.randint(-100_000, 100_000, (int(big_n * 1.05), 3), generator=gen)
+    keys = torch.unique(pack_voxel_keys(voxels))
+    keys = keys[torch.randperm(len(keys), generator=gen)][:big_n]
+    small, probe = keys[:small_n], keys[torch.randperm(big_n, generator=gen)[:probe_n]]
+    idx_small, idx_big = _torch_insert(small), _torch_insert(keys)
+    labels = {
+        "insert": f"insert {small_n:,} into an empty index",
+        "find small": f"find {small_n:,} (all present) in {small_n:,}",
+        "insert big": f"insert {big_n:,} into an empty index (1 run)",
+        "find probe": f"find {probe_n:,} (all present) in {big_n:,}",
+    }
+    ops = [
+        ("insert", median_ms(repeats, _torch_insert, small)),
+        ("find small", median_ms(repeats, idx_small.find, small)),
+        ("insert big", median_ms(1, _torch_insert, keys)),
+        ("find probe", median_ms(repeats, idx_big.find, probe)),
+    ]
+    rows = [("torch VoxelHashIndex", labels[op], f"{ms:.2f}", "1.00") for op, ms in ops]
+    notes = []
+    try:
+        o3d_ops = _open3d_ops(small, keys, probe, repeats)
+    except ImportError:
+        notes.append("open3d not installed")
+    else:
+        for (op, ms), (_, base) in zip(o3d_ops, ops, strict=True):
+            rows.append(("open3d core.HashMap", labels[op], f"{ms:.2f}", f"{ms / base:.2f}"))
+    header = "implementation|operation|ms|x torch"
+    print_table("5. Hash index: int64 keys -> int64 slots (CPU)", header, rows, notes)
+
+
+def _section(number: int, fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    print(f"(section {number} took {time.perf_counter() - start:.0f} s)")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test, < 1 min)")
+    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    size = {name: value[1 if args.quick else 0] for name, value in SIZES.items()}
+    torch.manual_seed(0)
+    print(machine_line())
+    mode = "quick" if args.quick else "default"
+    print(f"mode: {mode}, sections {args.sections}, {args.repeats} repeats after 1 warm-up")
+    t0 = time.perf_counter()
+    bench = bench_scene(size["frames"])
+    rng = np.random.default_rng(0)
+    need_scene = bool({1, 3, 4} & set(args.sections))
+    small = [bench.frame(i, *SMALL, rng) for i in range(size["frames"]) if need_scene]
+    if small:
+        print(f"(scene: {len(small)} frames made in {time.perf_counter() - t0:.0f} s)")
+    fmap = None
+    if 1 in args.sections:
+        h, w, n = size["large"]
+        large = [lambda i=i: bench.frame(i, h, w, rng) for i in range(n)]  # made one at a time
+        fmap = _section(1, section_integration, small, (h, w, large), args.repeats)
+    elif need_scene:
+        fmap = new_map()
+        for frame, K, pose, emb in small:
+            fmap.integrate(emb, frame.depth_m, K, pose)
+    if 2 in args.sections:
+        _section(2, section_queries, bench, size["map_sizes"], args.repeats)
+    if 3 in args.sections:
+        _section(3, section_fidelity, bench, fmap, small, size["online_fit"])
+    if 4 in args.sections:
+        _section(4, section_memory, fmap, small)
+    if 5 in args.sections:
+        _section(5, section_hash, size["index"], args.repeats)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s, peak RSS {peak_gb:.1f} GB")
+    print(f"{machine_line()} (at the end)")
+
+
+if __name__ == "__main__":
+    main()
