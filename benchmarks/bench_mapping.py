@@ -170,7 +170,7 @@ def section_queries(bench: BenchScene, sizes: tuple, repeats: int) -> None:
         for name, emap in maps.items():
             storage = emap.storage
             scores = storage.scores(five)
-            rel = relevancy(scores[:, 0], scores[:, 1:])
+            rel = relevancy(scores[0], scores[1:])  # scores() is (Q, N)
             threshold = float(rel.topk(QUERY_PASS_VOXELS).values[-1])
             query_ms = median_ms(repeats, _query, emap, text, negatives, threshold)
             scores_ms = median_ms(repeats, storage.scores, five)
@@ -206,7 +206,7 @@ def _online_pca(small_frames: list, storage, queries: torch.Tensor, fit_voxels: 
     if not torch.equal(o_store.keys.sort().values, storage.keys.sort().values):
         return None
     scores = torch.empty(len(storage), len(queries))
-    scores[storage.keys.argsort()] = o_store.scores(queries)[o_store.keys.argsort()]
+    scores[storage.keys.argsort()] = o_store.scores(queries).T[o_store.keys.argsort()]
     when = fitted_at or "never: the map stayed below it"
     name = f"pca 128 online (pca_fit_voxels {fit_voxels:,}; basis fitted {when})"
     return name, 256, o_store.bytes_per_voxel(), scores
@@ -225,14 +225,14 @@ def section_fidelity(
     queries = torch.cat([protos, text_like_queries(bench.scene, 20, seed=3)])
     ref = cosines(features, queries)
     fp16_case = ("float16 (map scores(), fp16 kernel)", 1536, storage.bytes_per_voxel())
-    cases = [(*fp16_case, storage.scores(queries))]
+    cases = [(*fp16_case, storage.scores(queries).T)]  # scores() is (Q, N)
     for k in (32, 64, 128, 256):
         copy = storage_copy(
             voxels, features, feature_encoding="pca", pca_dim=k, pca_fit_voxels=len(voxels)
         )
         copy.fit_basis()
         name = f"pca {k} (basis fitted on all voxels)"
-        cases.append((name, 2 * k, copy.bytes_per_voxel(), copy.scores(queries)))
+        cases.append((name, 2 * k, copy.bytes_per_voxel(), copy.scores(queries).T))
     online = _online_pca(small_frames, storage, queries, fit_voxels)
     if online is not None:
         cases.append(online)

@@ -149,9 +149,9 @@ class EmbeddingMap:
             raise InputError(f"top_k must be a non-negative integer, got {top_k!r}")
         with self._lock:
             storage = self._storage
-            all_scores = storage.scores(torch.cat([query, negative]))  # (N, 1 + K)
-            cosine = all_scores[:, 0]
-            relevance = relevancy(cosine, all_scores[:, 1:], temperature) if len(negative) else None
+            all_scores = storage.scores(torch.cat([query, negative]))  # (1 + K, N)
+            cosine = all_scores[0]
+            relevance = relevancy(cosine, all_scores[1:], temperature) if len(negative) else None
             used, name = (relevance, "relevancy") if relevance is not None else (cosine, "cosine")
             if threshold is None:
                 threshold = default_threshold(used, name) if len(storage) else 0.0

@@ -103,7 +103,7 @@ def relevancy(
 
     Args:
         cosine: (N,) cosines with the query.
-        negative_cosines: (N, K) cosines with K >= 1 negative phrases.
+        negative_cosines: (K, N) cosines with K >= 1 negative phrases, one row per phrase.
         temperature: softmax temperature on the cosines.
 
     Returns:
@@ -111,7 +111,7 @@ def relevancy(
     """
     # Each pairwise softmax is sigmoid((s_q - s_neg) / t), which is monotonic in s_neg, so the
     # minimum over negatives is the one against the best-matching negative: one pass, no (N, K).
-    hardest = negative_cosines.max(dim=1).values
+    hardest = negative_cosines.amax(dim=0)
     return torch.sigmoid((cosine - hardest) / temperature)
 
 

@@ -139,17 +139,19 @@ class VoxelEmbeddingMap:
             queries: (Q, D) float32 unit vectors in embedding space.
 
         Returns:
-            (N, Q) float32 cosines in [-1, 1]; 0 for voxels whose mean vanished.
+            (Q, N) float32 cosines in [-1, 1], one contiguous row per query (reductions over
+            queries, e.g. the hardest negative, then run across rows, which is ~30x faster on a
+            CPU than across a 4-wide dimension); 0 for voxels whose mean vanished.
         """
-        codes = self.encode(queries).T.contiguous()  # (F, Q)
-        out = torch.empty(self._size, queries.shape[0], device=self.device)
-        half = codes.to(torch.float16)
+        codes = self.encode(queries).to(torch.float16)  # (Q, F)
+        out = torch.empty(queries.shape[0], self._size, device=self.device)
         for start in range(0, self._size, _SCORE_CHUNK):
             block = self._features[start : min(start + _SCORE_CHUNK, self._size)]
-            # float16 products accumulate in float32 inside the kernel; the rounding of the
-            # result (~5e-4 relative) is below the spread that matters for ranking voxels.
-            out[start : start + block.shape[0]] = (block @ half).to(torch.float32)
-        return out / self.norms.clamp_min(_NORM_EPS).unsqueeze(1)
+            # float16 products accumulate in float32 inside the kernel, but the result is
+            # rounded to float16 (~5e-4 relative): that is the price of a product that reads
+            # the features once; a float32 copy of each chunk would double the time on a CPU.
+            out[:, start : start + block.shape[0]] = codes @ block.T
+        return out.div_(self.norms.clamp_min(_NORM_EPS))
 
     @property
     def norms(self) -> torch.Tensor:

@@ -72,7 +72,7 @@ def test_small_clusters_can_be_dropped_and_top_k_limits_the_answer():
 
 def test_relevancy_exceeds_one_half_exactly_when_the_query_beats_every_negative():
     cosine = torch.tensor([0.30, 0.25, 0.20])
-    negatives = torch.tensor([[0.20, 0.22], [0.26, 0.10], [0.15, 0.10]])
+    negatives = torch.tensor([[0.20, 0.22], [0.26, 0.10], [0.15, 0.10]]).T  # (K, N)
     result = relevancy(cosine, negatives)
     assert (result > 0.5).tolist() == [True, False, True]
     expected = torch.sigmoid(torch.tensor(0.30 - 0.22))
