@@ -19,6 +19,7 @@ from dve_perception.camera import backproject_depth, check_intrinsics, check_pos
 from dve_perception.errors import InputError
 from dve_perception.mapping.voxel_hash import MAX_VOXEL_INDEX, pack_voxel_keys
 from dve_perception.mapping.voxel_map import VoxelEmbeddingMap
+from dve_perception.mapping.workspace import Workspace
 
 __all__ = ["EmbeddingIntegrator", "IntegrationStats"]
 
@@ -49,7 +50,7 @@ class EmbeddingIntegrator:
     def __init__(self, voxel_map: VoxelEmbeddingMap) -> None:
         """Integrate into `voxel_map` (its config gives voxel size and depth limits)."""
         self.map = voxel_map
-        self._scratch: torch.Tensor | None = None
+        self._workspace = Workspace(voxel_map.device)
 
     def integrate(
         self,
@@ -91,7 +92,10 @@ class EmbeddingIntegrator:
             self.map.frame_count += 1  # an empty frame still counts: recency is in frames
             return IntegrationStats(0, h * w, 0, 0, 0)
         keys, inverse = torch.unique(pack_voxel_keys(voxels), return_inverse=True)
-        directions, weights = _voxel_means(rows, pixels, pixel_confidence, inverse_norm, inverse)
+        sums = self._workspace.get("voxel_sums", (keys.numel(), rows.shape[1]), torch.float32)
+        directions, weights = _voxel_means(
+            rows, pixels, pixel_confidence, inverse_norm, inverse, out=sums
+        )
         camera = torch.as_tensor(T_world_cam[:3, 3], dtype=torch.float32, device=self.map.device)
         created, evicted = self.map.fuse(keys, directions, weights, camera)
         return IntegrationStats(
@@ -153,13 +157,12 @@ class EmbeddingIntegrator:
         hwc = embedding.permute(1, 2, 0)
         if hwc.is_contiguous() and embedding.dtype == torch.float32:
             return hwc.reshape(h * w, d)
-        if self._scratch is None or self._scratch.shape != (h * w, d):
-            self._scratch = torch.empty(h * w, d, dtype=torch.float32, device=embedding.device)
+        rows = self._workspace.get("channels_last", (h * w, d), torch.float32)
         flat = embedding.reshape(d, h * w)
         for start in range(0, h * w, _TRANSPOSE_BLOCK):
             stop = min(start + _TRANSPOSE_BLOCK, h * w)
-            self._scratch[start:stop].copy_(flat[:, start:stop].T)
-        return self._scratch
+            rows[start:stop].copy_(flat[:, start:stop].T)
+        return rows
 
 
 def _voxel_means(
@@ -168,8 +171,9 @@ def _voxel_means(
     confidence: torch.Tensor,
     inverse_norm: torch.Tensor,
     inverse: torch.Tensor,
+    out: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (U, D) unit mean directions and (U,) mean confidences of each voxel's pixels.
+    """Return (U, D) unit mean directions (in `out`) and (U,) mean confidences per voxel.
 
     Args:
         rows: (h * w, D) float32 embeddings, one row per pixel.
@@ -177,6 +181,7 @@ def _voxel_means(
         confidence: (P,) float32 pixel confidences in (0, 1].
         inverse_norm: (P,) float32 1 / |embedding| of each used pixel.
         inverse: (P,) int64 voxel index in [0, U) of each used pixel.
+        out: (U, D) float32 buffer for the result (reused across frames: no page faults).
     """
     count = int(inverse.max()) + 1
     # A sparse (U, h*w) matrix with one weighted entry per used pixel sums each voxel's unit
@@ -193,7 +198,8 @@ def _voxel_means(
         assignment = torch.sparse_csr_tensor(
             crow, pixels[order], values, size=(count, rows.shape[0]), check_invariants=False
         )
-        sums = torch.sparse.mm(assignment, rows)  # (U, D)
+        # beta=0 ignores out's old content (even NaN), so an uninitialised buffer is fine.
+        sums = torch.addmm(out, assignment, rows, beta=0, out=out)  # (U, D)
     directions = sums.div_(torch.linalg.vector_norm(sums, dim=1, keepdim=True).clamp_min(_NORM_EPS))
     mean_confidence = torch.bincount(inverse, weights=confidence, minlength=count)
     return directions, mean_confidence / pixels_per_voxel

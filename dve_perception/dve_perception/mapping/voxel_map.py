@@ -15,6 +15,7 @@ import torch
 
 from dve_perception.mapping.map_config import MapConfig
 from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys, unpack_voxel_keys
+from dve_perception.mapping.workspace import Workspace
 
 __all__ = ["VoxelEmbeddingMap"]
 
@@ -197,6 +198,7 @@ class VoxelEmbeddingMap:
         self.evicted_count = 0
         self.basis: torch.Tensor | None = None  # (D, k) float32 once a PCA basis is fitted
         self._index = VoxelHashIndex(self.device)
+        self._workspace = Workspace(self.device)
         self._size = 0
         self._capacity = 0
         self._features = torch.empty(0, self.config.embedding_dim, dtype=torch.float16)
@@ -258,11 +260,14 @@ class VoxelEmbeddingMap:
         self, slots: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor
     ) -> None:
         old_weight = self._weights.index_select(0, slots)
-        mean = self._features.index_select(0, slots).to(torch.float32)
+        shape = (slots.numel(), self.feature_dim)
+        stored = self._workspace.get("rows_float16", shape, torch.float16)
+        mean = self._workspace.get("rows_float32", shape, torch.float32)
+        mean.copy_(torch.index_select(self._features, 0, slots, out=stored))
         # m <- m + (x - m) * w / (W + w): the weighted running mean, in place (lerp) because the
         # temporaries of the spelled-out formula cost more than the arithmetic on a CPU.
         mean.lerp_(codes, (weights / (old_weight + weights)).unsqueeze(1))
-        stored = mean.to(torch.float16)
+        stored.copy_(mean)
         self._features.index_copy_(0, slots, stored)
         # Norms of the stored float16 rows, not of the float32 mean, so that a reloaded map
         # (which recomputes them) scores bit-identically; `mean` is reused as the buffer.
