@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from dve_perception.errors import ConfigError
 from dve_perception.mapping.map_config import MapConfig
 from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys, unpack_voxel_keys
 from dve_perception.mapping.workspace import Workspace
@@ -167,7 +168,15 @@ class VoxelEmbeddingMap:
         """
         if self.basis is not None:
             return
-        sample = self.features.to(torch.float32)
+        if self.config.feature_encoding != "pca" or self._size < self.config.pca_dim:
+            raise ConfigError(
+                f"a PCA basis needs feature_encoding 'pca' and at least pca_dim "
+                f"({self.config.pca_dim}) voxels; this map is "
+                f"'{self.config.feature_encoding}' with {self._size} voxels"
+            )
+        # An even stride over at most pca_fit_voxels rows bounds the float32 copy on big maps.
+        stride = max(1, self._size // self.config.pca_fit_voxels)
+        sample = self.features[::stride].to(torch.float32)
         sample = sample / sample.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
         _, vectors = torch.linalg.eigh(sample.T @ sample)
         basis = vectors[:, -self.config.pca_dim :].flip(1).contiguous()  # (D, k), largest first

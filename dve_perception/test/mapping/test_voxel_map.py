@@ -116,3 +116,11 @@ def test_clear_empties_the_map_but_keeps_settings():
     emap.integrate(*_frame(0), K, _pose(0))
     emap.clear()
     assert len(emap) == 0 and emap.voxel_size_m == 0.1 and emap.stats()["frames"] == 0
+
+
+def test_a_basis_needs_the_pca_encoding_and_enough_voxels():
+    with pytest.raises(ConfigError, match="feature_encoding 'pca'"):
+        EmbeddingMap(0.05, embedding_dim=DIM).storage.fit_basis()
+    emap = EmbeddingMap(0.05, embedding_dim=DIM, feature_encoding="pca", pca_dim=8)
+    with pytest.raises(ConfigError, match="at least pca_dim"):
+        emap.storage.fit_basis()
