@@ -32,6 +32,9 @@ __all__ = ["EmbeddingMap"]
 
 _NORM_EPS = 1e-12
 COLOR_MODES = ("pca", "heat")
+#: Voxels used to fit the PCA colours, and voxels coloured per chunk (bounds float32 copies).
+_PCA_COLOR_SAMPLES = 20_000
+_COLOR_CHUNK = 65_536
 
 
 class EmbeddingMap:
@@ -199,8 +202,16 @@ class EmbeddingMap:
                 return heat_colors(result.scores)
             if n < 3:
                 return np.full((n, 3), 128, dtype=np.uint8)
-            image = self._storage.features.to(torch.float32).T.unsqueeze(-1)  # (F, N, 1)
-            return pca_colors(image, fit_pca(image))[:, 0, :]
+            features = self._storage.features
+            # Fit on an even sample and colour in chunks: a float32 copy of a million 768-d
+            # voxels would take 3 GB at once.
+            sample = features[:: max(1, n // _PCA_COLOR_SAMPLES)]
+            basis = fit_pca(_as_image(sample))
+            chunks = [
+                pca_colors(_as_image(features[start : start + _COLOR_CHUNK]), basis)[:, 0, :]
+                for start in range(0, n, _COLOR_CHUNK)
+            ]
+            return np.concatenate(chunks)
 
     def save_ply(
         self, path: str | os.PathLike, mode: str = "pca", result: QueryResult | None = None
@@ -267,6 +278,11 @@ class EmbeddingMap:
         emap._storage.frame_count = snapshot.frame_count
         emap._storage.evicted_count = snapshot.evicted_count
         return emap
+
+
+def _as_image(rows: torch.Tensor) -> torch.Tensor:
+    """(M, F) float16 voxel features -> (F, M, 1) float32, the layout visualization expects."""
+    return rows.to(torch.float32).T.unsqueeze(-1)
 
 
 def _unit_rows(

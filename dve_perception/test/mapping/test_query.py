@@ -153,3 +153,18 @@ def test_map_colors_are_aligned_with_points():
         emap.colors("heat")
     with pytest.raises(InputError, match="mode"):
         emap.colors("rainbow")
+
+
+def test_pca_colours_are_the_same_when_computed_in_chunks(monkeypatch):
+    import dve_perception.mapping.embedding_map as embedding_map
+
+    emap = EmbeddingMap(0.05, embedding_dim=DIM)
+    K = np.array([[40.0, 0.0, 19.5], [0.0, 40.0, 9.5], [0.0, 0.0, 1.0]])
+    embedding = torch.randn(DIM, 20, 40, generator=torch.Generator().manual_seed(0))
+    emap.integrate(embedding, torch.full((20, 40), 1.012), K, np.eye(4))
+    whole = emap.colors("pca")
+    monkeypatch.setattr(embedding_map, "_COLOR_CHUNK", 7)
+    chunked = emap.colors("pca")
+    # Chunked float32 products may round differently by an ulp, so allow one colour level.
+    assert chunked.shape == whole.shape
+    assert np.abs(chunked.astype(int) - whole.astype(int)).max() <= 1
