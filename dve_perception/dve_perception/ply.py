@@ -7,11 +7,11 @@ dependencies) a requirement of the core just to save points. Files are written a
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from dve_perception.atomic_file import atomic_write
 from dve_perception.errors import InputError
 
 __all__ = ["read_ply", "write_ply"]
@@ -61,8 +61,10 @@ def write_ply(
         record[name] = values
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {points.shape[0]}"]
     header += [f"property {_PLY_TYPES[v.dtype]} {name}" for name, v in fields]
-    data = ("\n".join([*header, "end_header"]) + "\n").encode("ascii") + record.tobytes()
-    return _write_atomically(Path(path), data)
+    with atomic_write(path) as file:
+        file.write(("\n".join([*header, "end_header"]) + "\n").encode("ascii"))
+        file.write(record.tobytes())
+    return Path(path)
 
 
 def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -82,17 +84,3 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ]
     record = np.frombuffer(raw, dtype=dtype, count=count, offset=end + len(b"end_header\n"))
     return {name: record[name].copy() for name, _ in dtype}
-
-
-def _write_atomically(path: Path, data: bytes) -> Path:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path

@@ -7,14 +7,14 @@ the cache is an optimisation, never a source of errors.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from dve_perception.atomic_file import atomic_write
 
 __all__ = ["CACHE_ENV_VAR", "TextEmbeddingCache", "default_cache_dir"]
 
@@ -76,16 +76,8 @@ class TextEmbeddingCache:
         path = self.path(prompt)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=self.folder)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.save(f, vector, allow_pickle=False)
-                # Readers see the old file or the new one, never a partial one. No fsync: a file
-                # torn by a crash is merely unreadable, i.e. recomputed.
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            # No fsync: a file torn by a crash is merely unreadable, i.e. recomputed.
+            with atomic_write(path, durable=False) as file:
+                np.save(file, vector, allow_pickle=False)
         except OSError as exc:  # the cache is an optimisation: a read-only or full disk is no error
             logger.warning("cannot write text-embedding cache file %s (%s)", path, exc)

@@ -15,9 +15,7 @@ import importlib
 import io
 import logging
 import numbers
-import os
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dve_perception.atomic_file import atomic_write
 from dve_perception.backends.export_metadata import INPUT_NAMES, OUTPUT_NAME, ExportMetadata
 from dve_perception.backends.fixed_pooling import fixed_pooling
 from dve_perception.errors import BackendUnavailableError, CheckpointError, ConfigError, InputError
@@ -229,18 +228,10 @@ def _trace_dynamo(graph: nn.Module, height: int, width: int, opset: int) -> Any:
 
 
 def _write_atomically(data: bytes, path: Path) -> None:
-    # A temporary file in the same directory, then os.replace: readers never see half a file.
-    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_write(path) as file:
+            file.write(data)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the ONNX file {path}: {err}") from err
 
 

@@ -7,12 +7,10 @@ file); loading checks format, version, shapes, dtypes and a sha256 per array, or
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import secrets
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from dve_perception import __version__
+from dve_perception.atomic_file import atomic_write
 from dve_perception.errors import InputError, MapFileError
 
 __all__ = [
@@ -205,16 +204,6 @@ def _write_npz(file: IO[bytes], header: dict[str, Any], arrays: dict[str, np.nda
                 np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename durable on POSIX; best effort (no O_DIRECTORY on Windows, some FS refuse).
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_map(path: str | os.PathLike[str], snapshot: MapSnapshot) -> Path:
     """Write `snapshot` to `path` atomically: readers see the old file or the new one, never a mix.
 
@@ -239,21 +228,11 @@ def save_map(path: str | os.PathLike[str], snapshot: MapSnapshot) -> Path:
             f"cannot save map to {target}: {directory} is not an existing directory; create it"
         )
     header, arrays = _encode(snapshot)
-    tmp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"  # hidden, same file system
-    try:  # not mkstemp: its files are 0600, this one gets the umask's mode like any new file
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as file:
+    try:
+        with atomic_write(target) as file:
             _write_npz(file, header, arrays)
-            file.flush()
-            os.fsync(file.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise MapFileError(f"cannot write map file {target}: {exc}; old file kept") from exc
-        raise
-    _fsync_directory(directory)
+    except OSError as exc:
+        raise MapFileError(f"cannot write map file {target}: {exc}; old file kept") from exc
     return target
 
 

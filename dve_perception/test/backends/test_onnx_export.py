@@ -234,7 +234,7 @@ def test_failed_write_keeps_the_previous_file(monkeypatch, tmp_path, small):
     def fail(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(onnx_export.os, "replace", fail)
+    monkeypatch.setattr(os, "replace", fail)  # the atomic writer renames via os.replace
     with pytest.raises(ConfigError, match="cannot write the ONNX file .*disk full"):
         export_onnx(small, path, height=32, width=32)
     assert path.read_bytes() == b"previous"
