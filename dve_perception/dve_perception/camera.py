@@ -27,7 +27,7 @@ def check_intrinsics(K: np.ndarray | torch.Tensor) -> np.ndarray:
         InputError: wrong shape, non-finite values, non-positive focal lengths, or a last row
             other than (0, 0, 1).
     """
-    K = _as_float64("K", K, (3, 3))
+    K = _as_float64("K", K, (3, 3), "intrinsics matrix")
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise InputError(f"K must have positive focal lengths fx, fy; got {K[0, 0]}, {K[1, 1]}")
     if not np.allclose(K[2], [0.0, 0.0, 1.0]) or K[1, 0] != 0:
@@ -44,16 +44,21 @@ def check_pose(T_world_cam: np.ndarray | torch.Tensor, name: str = "T_world_cam"
         InputError: wrong shape, NaN/inf, a last row other than (0, 0, 0, 1), or a rotation block
             that is not a proper rotation (scaled, sheared or mirrored).
     """
-    T = _as_float64(name, T_world_cam, (4, 4))
+    T = _as_float64(name, T_world_cam, (4, 4), "homogeneous transform")
     if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0]):
         raise InputError(f"{name} must have last row 0 0 0 1, got {T[3].tolist()}")
     R = T[:3, :3]
     orthogonality = np.abs(R.T @ R - np.eye(3)).max()
-    if orthogonality > _RIGID_TOLERANCE or abs(np.linalg.det(R) - 1.0) > _RIGID_TOLERANCE:
+    if orthogonality > _RIGID_TOLERANCE:
         raise InputError(
-            f"{name} is not a rigid transform: |R^T R - I| = {orthogonality:.2e}, "
-            f"det R = {np.linalg.det(R):.6f} (expected 0 and 1); check that the pose is a "
-            "rotation plus translation without scale"
+            f"{name} is not a rigid transform: its rotation part is not orthonormal "
+            f"(|R^T R - I| = {orthogonality:.2e}); check that the pose is a rotation plus "
+            "translation without scale or shear"
+        )
+    if np.linalg.det(R) < 0:
+        raise InputError(
+            f"{name} is not a rigid transform: its rotation part is a reflection (det R = -1); "
+            "check the handedness of the frame conventions"
         )
     return T
 
@@ -89,7 +94,9 @@ def transform_points(T: np.ndarray, points: torch.Tensor) -> torch.Tensor:
     return points @ rotation.T + translation
 
 
-def _as_float64(name: str, value: np.ndarray | torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+def _as_float64(
+    name: str, value: np.ndarray | torch.Tensor, shape: tuple[int, ...], what: str
+) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     try:
@@ -99,7 +106,7 @@ def _as_float64(name: str, value: np.ndarray | torch.Tensor, shape: tuple[int, .
             f"{name} must be a numeric {shape} array, got {type(value).__name__}"
         ) from err
     if array.shape != shape:
-        raise InputError(f"{name} must have shape {shape}, got {array.shape}")
+        raise InputError(f"{name} must be a {shape} {what}, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise InputError(f"{name} contains NaN or inf:\n{array}")
     return array

@@ -3,7 +3,8 @@
 A box-world room (`make_room_scene`) is ray cast exactly (`render`) from camera poses
 (`look_at`, `orbit_trajectory`); `make_embeddings` turns a frame into 768-d unit embeddings
 (label prototype + smooth spatial variation + noise), and `surface_voxels` /
-`voxel_label_majority` give the voxel ground truth from the exact hit points. numpy only.
+`voxel_label_majority` give the voxel ground truth from the exact hit points. The arithmetic is
+numpy; pose and intrinsics checks are the core ones (`dve_perception.camera`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dve_perception.camera import check_intrinsics
 from dve_perception.errors import InputError
 
 if TYPE_CHECKING:  # synthetic_scene imports this module's validators
@@ -23,8 +24,6 @@ __all__ = ["look_at", "orbit_trajectory", "pinhole_intrinsics"]
 
 #: World up direction (z up).
 _WORLD_UP = np.array([0.0, 0.0, 1.0])
-#: Tolerance on R^T R - I and the last row of a pose; poses built in float64 sit far below it.
-_RIGID_TOL = 1e-6
 #: Poses from `orbit_trajectory` keep at least this distance from walls and boxes.
 _POSE_MARGIN_M = 0.1
 
@@ -178,40 +177,14 @@ def _as_point(value: object, name: str) -> np.ndarray:
 
 
 def _validated_intrinsics(K: object) -> np.ndarray:
-    """Return K as a float64 copy after checking it is a zero-skew pinhole matrix."""
-    K_arr = np.array(K, dtype=np.float64)
-    if K_arr.shape != (3, 3):
-        raise InputError(f"K must be a (3, 3) intrinsics matrix, got shape {K_arr.shape}")
-    if not np.isfinite(K_arr).all():
-        raise InputError(f"K must be finite, got {K_arr.tolist()}")
-    if K_arr[0, 0] <= 0.0 or K_arr[1, 1] <= 0.0:
-        raise InputError(
-            f"K must have positive focal lengths, got fx={K_arr[0, 0]}, fy={K_arr[1, 1]}"
-        )
-    # The ray formula ((u - cx) / fx, (v - cy) / fy, 1) assumes exactly this layout.
-    if K_arr[0, 1] != 0.0 or K_arr[1, 0] != 0.0 or not np.array_equal(K_arr[2], [0.0, 0.0, 1.0]):
+    """Return K as a float64 array after checking it is a zero-skew pinhole matrix."""
+    K_arr = np.asarray(K, dtype=np.float64)
+    # The ray formula ((u - cx) / fx, (v - cy) / fy, 1) assumes exactly this layout; the rest
+    # (shape, finite, positive focal lengths) is the core check.
+    if K_arr.shape == (3, 3) and (
+        K_arr[0, 1] != 0.0 or K_arr[1, 0] != 0.0 or not np.array_equal(K_arr[2], [0.0, 0.0, 1.0])
+    ):
         raise InputError(
             f"K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (zero skew), got {K_arr.tolist()}"
         )
-    return K_arr
-
-
-def _validated_pose(T: object, name: str = "T_world_cam") -> np.ndarray:
-    """Return T as a float64 copy after checking it is a rigid transform (R in SO(3))."""
-    T_arr = np.array(T, dtype=np.float64)
-    if T_arr.shape != (4, 4):
-        raise InputError(f"{name} must be a (4, 4) homogeneous transform, got shape {T_arr.shape}")
-    if not np.isfinite(T_arr).all():
-        raise InputError(f"{name} must be finite, got {T_arr.tolist()}")
-    if np.abs(T_arr[3] - [0.0, 0.0, 0.0, 1.0]).max() > _RIGID_TOL:
-        raise InputError(f"{name} must have last row [0, 0, 0, 1], got {T_arr[3].tolist()}")
-    R = T_arr[:3, :3]
-    orthogonality_error = float(np.abs(R.T @ R - np.eye(3)).max())
-    if orthogonality_error > _RIGID_TOL:
-        raise InputError(
-            f"{name} must be rigid: its rotation part is not orthonormal "
-            f"(max |R^T R - I| = {orthogonality_error:.3g}); scale or shear is not allowed"
-        )
-    if np.linalg.det(R) < 0.0:
-        raise InputError(f"{name} must be rigid: its rotation part is a reflection (det < 0)")
-    return T_arr
+    return check_intrinsics(K_arr)

@@ -14,12 +14,12 @@ from numbers import Integral
 
 import numpy as np
 
+from dve_perception.camera import check_pose
 from dve_perception.errors import InputError
 from dve_perception.simulation.camera import (
     _as_point,
     _check_image_size,
     _validated_intrinsics,
-    _validated_pose,
 )
 
 __all__ = ["Box", "RenderedFrame", "SyntheticScene", "make_room_scene", "render"]
@@ -250,7 +250,7 @@ def render(
     """
     _check_image_size(height, width)
     K = _validated_intrinsics(K)
-    T_world_cam = _validated_pose(T_world_cam)
+    T_world_cam = check_pose(T_world_cam)
     R, origin = T_world_cam[:3, :3], T_world_cam[:3, 3]
     x_cam = (np.arange(width) - K[0, 2]) / K[0, 0]
     y_cam = (np.arange(height) - K[1, 2]) / K[1, 1]
