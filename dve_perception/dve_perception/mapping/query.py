@@ -16,7 +16,12 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys, unpack_voxel_keys
+from dve_perception.mapping.voxel_hash import (
+    VoxelHashIndex,
+    pack_voxel_keys,
+    unpack_voxel_keys,
+    voxel_centers_m,
+)
 
 __all__ = [
     "CANONICAL_NEGATIVES",
@@ -90,8 +95,7 @@ class QueryResult:
     @cached_property
     def points_m(self) -> np.ndarray:
         """(N, 3) float32 voxel centres in metres, world frame."""
-        voxels = unpack_voxel_keys(torch.from_numpy(self.keys)).to(torch.float32)
-        return ((voxels + 0.5) * self.voxel_size_m).numpy()
+        return voxel_centers_m(torch.from_numpy(self.keys), self.voxel_size_m).numpy()
 
 
 def relevancy(

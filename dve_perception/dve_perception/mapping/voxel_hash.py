@@ -18,6 +18,7 @@ __all__ = [
     "VoxelHashIndex",
     "pack_voxel_keys",
     "unpack_voxel_keys",
+    "voxel_centers_m",
 ]
 
 #: Bits per axis in a packed key; 3 x 21 = 63 bits keeps keys non-negative int64.
@@ -53,6 +54,11 @@ def unpack_voxel_keys(keys: torch.Tensor) -> torch.Tensor:
     iy = (keys >> KEY_AXIS_BITS) & _AXIS_MASK
     iz = keys & _AXIS_MASK
     return torch.stack([ix, iy, iz], dim=1) - _OFFSET
+
+
+def voxel_centers_m(keys: torch.Tensor, voxel_size_m: float) -> torch.Tensor:
+    """Return the (M, 3) float32 centres in metres of the voxels with these packed keys."""
+    return (unpack_voxel_keys(keys).to(torch.float32) + 0.5) * voxel_size_m
 
 
 class VoxelHashIndex:

@@ -15,7 +15,12 @@ import torch
 
 from dve_perception.errors import ConfigError
 from dve_perception.mapping.map_config import MapConfig
-from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys, unpack_voxel_keys
+from dve_perception.mapping.voxel_hash import (
+    VoxelHashIndex,
+    pack_voxel_keys,
+    unpack_voxel_keys,
+    voxel_centers_m,
+)
 from dve_perception.mapping.workspace import Workspace
 
 __all__ = ["VoxelEmbeddingMap"]
@@ -71,7 +76,7 @@ class VoxelEmbeddingMap:
 
     def voxel_centers(self) -> torch.Tensor:
         """(N, 3) float32 voxel centres in metres, world frame."""
-        return (self.voxels.to(torch.float32) + 0.5) * self.config.voxel_size_m
+        return voxel_centers_m(self.keys, self.config.voxel_size_m)
 
     def bytes_per_voxel(self) -> float:
         """Return the storage per voxel: feature, weight, norm, recency, key and hash buckets."""
@@ -103,19 +108,20 @@ class VoxelEmbeddingMap:
         codes = self.encode(directions)
         slots = self._index.find(keys)
         new = slots < 0
+        created = int(new.sum())
         removed = 0
         budget = self.config.max_voxels
-        if self._size + int(new.sum()) > budget:
-            removed += self._evict_for(int(new.sum()), camera_position_m, slots[~new])
+        if self._size + created > budget:
+            removed += self._evict_for(created, camera_position_m, slots[~new])
             slots = self._index.find(keys)  # eviction compacted storage and moved slots
             new = slots < 0
+            created = int(new.sum())
             room = budget - self._size
-            if int(new.sum()) > room:
+            if created > room:
                 admitted = self._nearest_new(keys, new, room, camera_position_m)
-                removed += int(new.sum()) - room
+                removed += created - room
                 keys, codes, weights = keys[admitted], codes[admitted], weights[admitted]
-                slots, new = slots[admitted], new[admitted]
-        created = int(new.sum())
+                slots, new, created = slots[admitted], new[admitted], room
         if created == 0:  # the common case once a place is mapped: no row copies
             self._update_existing(slots, codes, weights)
         else:
@@ -257,9 +263,7 @@ class VoxelEmbeddingMap:
     ) -> torch.Tensor:
         """Return a (U,) bool mask: every existing entry plus the `room` nearest new ones."""
         new_at = new.nonzero().squeeze(1)
-        centres = (
-            unpack_voxel_keys(keys[new_at]).to(torch.float32) + 0.5
-        ) * self.config.voxel_size_m
+        centres = voxel_centers_m(keys[new_at], self.config.voxel_size_m)
         nearest = new_at[(centres - camera_position_m).norm(dim=1).argsort()[:room]]
         admitted = ~new
         admitted[nearest] = True
