@@ -215,9 +215,7 @@ class VoxelEmbeddingMap:
         self._index = VoxelHashIndex(self.device)
         self._workspace = Workspace(self.device)
         self._size = 0
-        self._capacity = 0
-        self._features = torch.empty(0, self.config.embedding_dim, dtype=torch.float16)
-        self._resize(0, self.config.embedding_dim)
+        self._resize(0, self.config.embedding_dim)  # empty: copies nothing, sets every array
 
     def load_state(
         self,
