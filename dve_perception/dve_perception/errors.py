@@ -14,6 +14,7 @@ __all__ = [
     "DvePerceptionError",
     "InputError",
     "MapFileError",
+    "TransformUnavailableError",
 ]
 
 
@@ -39,3 +40,10 @@ class BackendUnavailableError(DvePerceptionError, ImportError):
 
 class MapFileError(DvePerceptionError):
     """A saved map file is missing, truncated, corrupted, foreign or from a newer format version."""
+
+
+class TransformUnavailableError(DvePerceptionError, LookupError):
+    """No transform between two frames at a stamp.
+
+    Raised for an unknown frame, frames in different trees, or a stamp outside the recorded TF.
+    """
