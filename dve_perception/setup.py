@@ -15,6 +15,11 @@ CORE = [
     "safetensors>=0.4",
     "onnxruntime>=1.18",
     "pillow>=9",
+    # Offline replay: rosbag2 I/O without ROS, the recording's TF tree, plots, progress.
+    "rosbags>=0.10",
+    "pytransform3d>=3.14",
+    "matplotlib>=3.6",
+    "tqdm>=4.64",
 ]
 EXPORT = ["onnx>=1.16", "onnxscript>=0.2"]
 TEST = ["pytest>=7"]
