@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +19,22 @@ import torch
 
 from dve_perception.errors import ConfigError, InputError
 from dve_perception.images import read_depth, read_rgb, write_png
-from dve_perception.model import DVEFormer
-from dve_perception.model.checkpoint import load_checkpoint, load_linear_probing_weights
-from dve_perception.model.generated_weights import PARITY_SEED, build_generated
+from dve_perception.installed_models import (
+    MODELS_ENV_VAR,
+    TEXT_MODEL_FOLDER,
+    default_models_dir,
+    resolve_model,
+    resolve_text_encoder,
+)
+from dve_perception.model.checkpoint import load_linear_probing_weights
+from dve_perception.model.generated_weights import PARITY_SEED
 from dve_perception.postprocess import class_scores, segment
 from dve_perception.preprocess import PreprocessConfig, prepare_inputs
 from dve_perception.visualization import blend, label_colors, pca_colors
 
 __all__ = [
+    "MODELS_ENV_VAR",
+    "TEXT_MODEL_FOLDER",
     "SampleResult",
     "bundled_sample",
     "default_models_dir",
@@ -37,8 +44,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 _DATA = Path(__file__).parent / "data"
-MODELS_ENV_VAR = "DVE_PERCEPTION_MODELS"
-TEXT_MODEL_FOLDER = "clip-vit-large-patch14-336"
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,6 @@ class SampleResult:
     files: tuple[Path, ...]
     meaningful: bool
     summary: dict = field(repr=False)
-
-
-def default_models_dir() -> Path:
-    """Return `$DVE_PERCEPTION_MODELS`, else `./models`."""
-    return Path(os.environ.get(MODELS_ENV_VAR, "models"))
 
 
 def bundled_sample() -> tuple[Path, Path]:
@@ -81,48 +81,12 @@ def read_vocabulary(spec: str | None) -> list[str]:
     return names
 
 
-def _load_model(
-    variant: str, weights: Path | None, models_dir: Path, trusted: bool
-) -> tuple[DVEFormer, str | None]:
-    """Return the model and the weights file it came from (None: generated weights)."""
-    if weights is None:
-        candidate = models_dir / f"dveformer_{variant}_mixed.pth"
-        weights = candidate if candidate.is_file() else None
-    if weights is not None:
-        return load_checkpoint(weights, variant, trusted=trusted), str(weights)
-    _LOG.warning(
-        "no DVEFormer weights found (looked for %s): using GENERATED weights, so embeddings and "
-        "segmentations carry no meaning; install the published checkpoint (see models/README.md)",
-        models_dir / f"dveformer_{variant}_mixed.pth",
-    )
-    return build_generated(variant), None
-
-
 def _text_prototypes(
     names: list[str], text_model: Path | None, models_dir: Path
 ) -> tuple[torch.Tensor, str, bool]:
     """Encode class names; returns (prototypes, source description, is_real)."""
-    from dve_perception.text_encoder import (
-        CLIPTextEncoder,
-        default_cache_dir,
-        write_random_text_model,
-    )
-
-    folder = text_model or models_dir / TEXT_MODEL_FOLDER
-    if text_model is None and not folder.is_dir():
-        # A random tower of the real architecture, written once and reused: the pipeline runs
-        # end to end and the warning below (and in the encoder) says what that is worth.
-        folder = default_cache_dir().parent / "random_clip_text_model_seed0"
-        if not folder.is_dir():
-            _LOG.warning("writing a random CLIP text tower to %s (once, ~500 MB)", folder)
-            write_random_text_model(folder, seed=0)
-        _LOG.warning(
-            "no CLIP text model in %s: using a RANDOM text tower, so the text-based segmentation "
-            "carries no meaning (see models/README.md)",
-            models_dir / TEXT_MODEL_FOLDER,
-        )
-    encoder = CLIPTextEncoder.from_folder(folder)
-    return encoder.encode(names), str(folder), not encoder.is_random
+    encoder, source, is_real = resolve_text_encoder(text_model, models_dir)
+    return encoder.encode(names), source, is_real
 
 
 def run_sample(
@@ -170,7 +134,7 @@ def run_sample(
     net_in = prepare_inputs(rgb, depth, config=PreprocessConfig(), device=device)
     timings["read_and_preprocess_s"] = time.perf_counter() - t
 
-    model, weights_file = _load_model(variant, _opt_path(weights), models_dir, trusted)
+    model, weights_file = resolve_model(variant, _opt_path(weights), models_dir, trusted=trusted)
     model = model.to(device)
     t = time.perf_counter()
     with torch.no_grad():
