@@ -51,6 +51,11 @@ class PerceptionPipeline:
                 depth_std_mm=self.config.depth_std_mm,
             )
 
+    @property
+    def embedding_dim(self) -> int:
+        """Channels D of the embeddings (what the map must be configured for)."""
+        return self.backend.embedding_dim
+
     def embed(self, frame: RGBDFrame) -> EmbeddingFrame:
         """Compute the frame's embeddings.
 

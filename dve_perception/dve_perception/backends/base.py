@@ -25,13 +25,17 @@ class InferenceBackend(ABC):
         name: the backend's name as `make_backend` knows it.
         fixed_size: the (H, W) the backend accepts, or None for any multiple of 32.
         device: where `infer` returns its output.
+        embedding_dim: channels D of the output (768 for the published models).
     """
 
     name: str = "abstract"
 
-    def __init__(self, *, fixed_size: tuple[int, int] | None, device: torch.device) -> None:
+    def __init__(
+        self, *, fixed_size: tuple[int, int] | None, device: torch.device, embedding_dim: int
+    ) -> None:
         self.fixed_size = fixed_size
         self.device = device
+        self.embedding_dim = embedding_dim
         self._closed = False
 
     def infer(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,9 @@ class OnnxRuntimeBackend(InferenceBackend):
             self._session.get_modelmeta().custom_metadata_map, str(path)
         )
         super().__init__(
-            fixed_size=(self.metadata.height, self.metadata.width), device=torch.device("cpu")
+            fixed_size=(self.metadata.height, self.metadata.width),
+            device=torch.device("cpu"),
+            embedding_dim=self.metadata.embedding_dim,
         )
 
     def _infer_impl(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ class TorchBackend(InferenceBackend):
     """PyTorch inference; accepts any input size that is a multiple of 32.
 
     Args:
-        model: a DVEFormer (moved to `device` and put in eval mode).
+        model: a DVEFormer (moved to `device` and put in eval mode); its `config` gives the
+            embedding dimension.
         device: torch device, e.g. "cpu" or "cuda".
     """
 
@@ -24,7 +25,9 @@ class TorchBackend(InferenceBackend):
         device = torch.device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device} requested but torch sees no CUDA device; use cpu")
-        super().__init__(fixed_size=None, device=device)
+        super().__init__(
+            fixed_size=None, device=device, embedding_dim=int(model.config.embedding_dim)
+        )
         self._model = model.to(device).eval()
 
     def _infer_impl(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
