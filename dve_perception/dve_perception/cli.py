@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dve_perception import __version__
+from dve_perception.cli_maps import add_demo_parser, add_query_parser, add_replay_parser
 from dve_perception.errors import ConfigError, DvePerceptionError
 
 if TYPE_CHECKING:
@@ -216,10 +217,65 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_weights_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "weights",
+        help="list installed model files, check them, and say where to get the missing ones",
+        description=(
+            "List what is installed in the models folder (DVEFormer checkpoints, the CLIP "
+            "ViT-L/14@336 text model, linear-probing heads), check each file's layout and "
+            "recorded sha256, and print where to get and how to place what is missing."
+        ),
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        help="installed weights (default: $DVE_PERCEPTION_MODELS or ./models)",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write SHA256SUMS for the files present, to detect later corruption",
+    )
+    parser.add_argument(
+        "--download-text-model",
+        action="store_true",
+        help="fetch the CLIP text model from Hugging Face (needs network; fails fast without)",
+    )
+    parser.set_defaults(handler=_run_weights)
+
+
+def _run_weights(args: argparse.Namespace) -> int:
+    from dve_perception.installed_models import default_models_dir
+    from dve_perception.model_download import download_text_model
+    from dve_perception.model_registry import (
+        format_models_table,
+        inspect_models,
+        installation_help,
+        record_checksums,
+    )
+
+    models_dir = args.models_dir or default_models_dir()
+    if args.download_text_model:
+        download_text_model(models_dir)
+    if args.record:
+        record_checksums(models_dir)
+    entries = inspect_models(models_dir)
+    print(format_models_table(entries))
+    if any(e.status != "ok" for e in entries):
+        print()
+        print(installation_help())
+    return 0
+
+
 # Add a subcommand's `_add_<name>_parser` here; the help lists them in this order.
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    add_demo_parser,
+    add_replay_parser,
+    add_query_parser,
     _add_sample_parser,
     _add_export_onnx_parser,
+    _add_weights_parser,
 )
 
 

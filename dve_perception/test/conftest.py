@@ -95,3 +95,19 @@ def reducedres_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def official_checkpoint_writer():
     return write_official_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small text tower with the real 768-d projection and the real tokenizer files."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from dve_perception.clip_model_files import CLIP_VIT_L14_TEXT_CONFIG, write_tokenizer_files
+
+    folder = tmp_path_factory.mktemp("text") / "clip-vit-large-patch14-336"
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    torch.manual_seed(0)
+    model = CLIPTextModelWithProjection(CLIPTextConfig(**{**CLIP_VIT_L14_TEXT_CONFIG, **small}))
+    model.save_pretrained(folder)
+    write_tokenizer_files(folder)
+    return folder

@@ -18,22 +18,6 @@ from dve_perception.sample_inference import bundled_sample, read_vocabulary, run
 SAMPLE_HW = (1080, 1440)
 
 
-@pytest.fixture(scope="session")
-def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small text tower with the real 768-d projection and the real tokenizer files."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    from dve_perception.clip_model_files import CLIP_VIT_L14_TEXT_CONFIG, write_tokenizer_files
-
-    folder = tmp_path_factory.mktemp("text") / "clip-vit-large-patch14-336"
-    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    torch.manual_seed(0)
-    model = CLIPTextModelWithProjection(CLIPTextConfig(**{**CLIP_VIT_L14_TEXT_CONFIG, **small}))
-    model.save_pretrained(folder)
-    write_tokenizer_files(folder)
-    return folder
-
-
 @pytest.fixture
 def models_dir(tmp_path, reducedres_checkpoint, tiny_text_model) -> Path:
     folder = tmp_path / "models"
