@@ -249,6 +249,7 @@ def _progress(source: FrameSource, enabled: bool) -> Iterator:
         return iter(source)
     from tqdm import tqdm
 
+    # tqdm takes the total from len(source) where the source knows it (bags and folders do).
     return iter(tqdm(source, unit="frame", desc="replay", dynamic_ncols=True))
 
 

@@ -161,6 +161,10 @@ class BagSource:
                 )
             yield ready.pop(key)
 
+    def __len__(self) -> int:
+        """Return the number of items iteration yields (one per colour image)."""
+        return len(self._order)
+
     def describe(self) -> dict[str, object]:
         """Return the bag, chosen topics and frames, message counts and the truncated flag."""
         return {

@@ -115,6 +115,10 @@ class FolderSource:
                 self._frames += 1
             yield item
 
+    def __len__(self) -> int:
+        """Return the number of items iteration yields (one per colour image)."""
+        return len(self._color)
+
     def describe(self) -> dict[str, object]:
         """Return the folder, camera and image counts (and skips of the last iteration)."""
         return {

@@ -79,6 +79,7 @@ def test_bag_replay_puts_voxels_on_the_scene_surfaces(
         depth_encoding=depth_encoding,
     )
     result = _replay(scene, bag, tmp_path, distro=distro)
+    assert len(open_source(bag, distro=distro)) == len(frames)  # the progress bar's total
     assert result.summary["frames"]["used"] == len(frames)
     assert len(result.map) > 300
     assert _fraction_near_surface(result.map.points(), truth) == 1.0
@@ -99,6 +100,7 @@ def test_folder_and_bag_sources_give_the_same_map(room, tmp_path):
     folder = write_folder_recording(tmp_path / "folder", frames)
     from_bag = _replay(scene, bag, tmp_path / "out_bag").map
     from_folder = _replay(scene, folder, tmp_path / "out_folder").map
+    assert len(open_source(folder)) == len(frames)
     a, b = from_bag.storage, from_folder.storage
     order_a = np.lexsort(a.voxels.numpy().T)
     order_b = np.lexsort(b.voxels.numpy().T)
