@@ -29,6 +29,8 @@ __all__ = [
     "color_to_rgb8",
     "compressed_image_kind",
     "compressed_image_to_array",
+    "decode_color",
+    "decode_depth",
     "depth_to_metres",
     "image_to_array",
     "matrix_to_quaternion",
@@ -217,6 +219,24 @@ def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:
         metres = array.astype(np.float64) * (mm_per_unit / 1000.0)
         valid = np.isfinite(metres) & (metres > 0)
     return np.where(valid, metres, 0.0).astype(np.float32)
+
+
+def decode_color(msg: Any) -> np.ndarray:
+    """Decode a colour Image or CompressedImage to (H, W, 3) uint8 RGB (InputError if not)."""
+    if hasattr(msg, "format"):
+        array, encoding = compressed_image_to_array(msg)
+    else:
+        array, encoding = image_to_array(msg)
+    return color_to_rgb8(array, encoding)
+
+
+def decode_depth(msg: Any) -> np.ndarray:
+    """Decode a depth Image or CompressedImage to (H, W) float32 metres (InputError if not)."""
+    if hasattr(msg, "format"):
+        array, encoding = compressed_image_to_array(msg)
+    else:
+        array, encoding = image_to_array(msg)
+    return depth_to_metres(array, encoding)
 
 
 def camera_info_to_K(msg: Any) -> np.ndarray:

@@ -31,6 +31,8 @@ from dve_perception.frames import RGBDFrame
 from dve_perception.msg_conversions import (
     camera_info_size,
     camera_info_to_K,
+    decode_color,
+    decode_depth,
     stamp_to_ns,
     transform_to_matrix,
 )
@@ -307,8 +309,8 @@ class BagSource:
         try:
             color = self._bag.deserialize_or_raise(raw["color"], self.topics.msgtype("color"))
             depth = self._bag.deserialize_or_raise(raw["depth"], self.topics.msgtype("depth"))
-            rgb = bag_topics.decode_color(color)
-            depth_m = bag_topics.decode_depth(depth)
+            rgb = decode_color(color)
+            depth_m = decode_depth(depth)
         except InputError as err:
             return SkippedFrame(plan.stamp_ns, "unreadable message", str(err))
         sizes = {"colour": rgb.shape[:2], "depth": depth_m.shape, "camera_info": plan.info_size}

@@ -23,19 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dve_perception.errors import BackendUnavailableError, InputError
-from dve_perception.msg_conversions import (
-    color_to_rgb8,
-    compressed_image_kind,
-    compressed_image_to_array,
-    depth_to_metres,
-    image_to_array,
-)
+from dve_perception.msg_conversions import compressed_image_kind
 from dve_perception.preprocess import COLOR_ENCODINGS, DEPTH_ENCODINGS
 
-__all__ = ["BagFile", "Topics", "choose_topics", "decode_color", "decode_depth"]
+__all__ = ["BagFile", "Topics", "choose_topics"]
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -214,24 +206,6 @@ def choose_topics(
     tf_topics = tuple(t for t in ("/tf", "/tf_static") if available.get(t) == TF)
     counts = {name: topic.msgcount for name, topic in reader.topics.items()}
     return Topics(color, depth, info, tf_topics, available, counts)
-
-
-def decode_color(msg: Any) -> np.ndarray:
-    """Decode a colour Image or CompressedImage to (H, W, 3) uint8 RGB (InputError if not)."""
-    if hasattr(msg, "format"):
-        array, encoding = compressed_image_to_array(msg)
-    else:
-        array, encoding = image_to_array(msg)
-    return color_to_rgb8(array, encoding)
-
-
-def decode_depth(msg: Any) -> np.ndarray:
-    """Decode a depth Image or CompressedImage to (H, W) float32 metres (InputError if not)."""
-    if hasattr(msg, "format"):
-        array, encoding = compressed_image_to_array(msg)
-    else:
-        array, encoding = image_to_array(msg)
-    return depth_to_metres(array, encoding)
 
 
 def _resolve(
