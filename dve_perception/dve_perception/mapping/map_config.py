@@ -46,7 +46,11 @@ class MapConfig:
         default=5.0, metadata=_describe("ignore pixels farther than this (depth noise grows)")
     )
     feature_encoding: str = field(
-        default="float16", metadata=_describe(f"voxel feature storage, one of {FEATURE_ENCODINGS}")
+        default="float16",
+        metadata={
+            **_describe(f"voxel feature storage, one of {FEATURE_ENCODINGS}"),
+            "choices": FEATURE_ENCODINGS,
+        },
     )
     pca_dim: int = field(
         default=128, metadata=_describe("basis size for feature_encoding 'pca' (2 B each)")
