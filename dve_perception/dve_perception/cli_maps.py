@@ -59,16 +59,41 @@ def _add_models_arguments(group: argparse._ActionsContainer) -> None:
 
 def _add_map_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("map")
-    group.add_argument("--voxel-size", type=float, default=0.05, metavar="M", help="voxel edge (m)")
     group.add_argument(
-        "--max-voxels", type=int, default=1_000_000, help="memory budget in voxels (default: 1M)"
+        "--params",
+        type=Path,
+        metavar="YAML",
+        help="ROS 2 parameters file (e.g. config/dve_perception.yaml) whose map.* settings the "
+        "map takes; the options below override it",
     )
+    group.add_argument("--voxel-size", type=float, metavar="M", help="voxel edge (default 0.05 m)")
+    group.add_argument("--max-voxels", type=int, help="memory budget in voxels (default: 1M)")
     group.add_argument(
         "--feature-encoding",
         choices=("float16", "pca"),
-        default="float16",
-        help="per-voxel storage: float16 (1.5 KB/voxel) or pca (256 B/voxel, approximate)",
+        help="per-voxel storage: float16 (1.5 KB/voxel, default) or pca (256 B/voxel, approximate)",
     )
+
+
+def _map_settings(args: argparse.Namespace) -> dict:
+    """The map settings: the parameters file's map.*, then the explicit options."""
+    from dataclasses import asdict
+
+    from dve_perception.mapping import MapConfig
+
+    settings = asdict(MapConfig())
+    if args.params is not None:
+        from dve_perception.node_config import MappingNodeConfig
+        from dve_perception.parameters import load_parameters_yaml
+
+        settings = asdict(load_parameters_yaml(args.params, MappingNodeConfig).map)
+    given = {
+        "voxel_size_m": args.voxel_size,
+        "max_voxels": args.max_voxels,
+        "feature_encoding": args.feature_encoding,
+    }
+    settings.update({name: value for name, value in given.items() if value is not None})
+    return settings
 
 
 def add_replay_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -136,11 +161,7 @@ def _run_replay(args: argparse.Namespace) -> int:
 
     models_dir = args.models_dir or default_models_dir()
     # Open everything that can fail on user input before the slow model build.
-    map_settings = dict(
-        voxel_size_m=args.voxel_size,
-        max_voxels=args.max_voxels,
-        feature_encoding=args.feature_encoding,
-    )
+    map_settings = _map_settings(args)
     options = ReplayOptions(
         every=args.every,
         max_frames=args.max_frames,
@@ -153,7 +174,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     pipeline, provenance = build_pipeline(_network_choice(args, models_dir))
     # The map takes the network's embedding dimension (768 for the published models).
     options = replace(
-        options, map_config=MapConfig(**map_settings, embedding_dim=pipeline.embedding_dim)
+        options, map_config=MapConfig(**{**map_settings, "embedding_dim": pipeline.embedding_dim})
     )
     prototypes = None
     if not args.no_segmentation:

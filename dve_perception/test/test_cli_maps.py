@@ -83,6 +83,23 @@ def test_replay_refuses_an_existing_output_folder_in_one_line(tmp_path, frames, 
     assert (tmp_path / "out" / "old.txt").read_text() == "keep me"
 
 
+def test_replay_takes_map_settings_from_the_nodes_parameters_file(
+    tmp_path, frames, tiny_network, capsys
+):
+    folder = write_folder_recording(tmp_path / "rec", frames[:2])
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "/**:\n  ros__parameters:\n    backend: torch\n"
+        "    map:\n      voxel_size_m: 0.1\n      max_voxels: 50000\n"
+    )
+    argv = ["replay", str(folder), "--out", str(tmp_path / "out"), "--no-progress"]
+    code = cli.main([*argv, "--no-segmentation", "--params", str(params), "--max-voxels", "60000"])
+    assert code == 0, capsys.readouterr().err
+    emap = EmbeddingMap.load(tmp_path / "out" / "map.dvemap")
+    assert emap.voxel_size_m == 0.1  # from the file
+    assert emap.config.max_voxels == 60000  # the option wins over the file
+
+
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
@@ -90,6 +107,7 @@ def test_replay_refuses_an_existing_output_folder_in_one_line(tmp_path, frames, 
         (["replay", "{rec}", "--out", "{tmp}/o", "--color-topic", "/x"], "color_topic"),
         (["replay", "{rec}", "--out", "{tmp}/o", "--every", "0"], "every must be a positive"),
         (["replay", "{rec}", "--out", "{tmp}/o", "--voxel-size", "-1"], "voxel_size_m"),
+        (["replay", "{rec}", "--out", "{tmp}/o", "--params", "{tmp}/none.yaml"], "none.yaml"),
         (["query", "{tmp}/missing.dvemap", "a mug"], "missing.dvemap"),
         (["demo", "--out", "{tmp}/o", "--frames", "0"], "--frames must be at least 1"),
     ],
