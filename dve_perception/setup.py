@@ -5,9 +5,18 @@ setup.py. Runtime dependencies are extras: on a Jetson torch comes from NVIDIA's
 from apt, and a plain `pip install` must not replace them.
 """
 
+from glob import glob
+
 from setuptools import find_namespace_packages, setup
 
 PACKAGE = "dve_perception"
+# share/dve_perception/<folder> <- files matching the pattern (relative to this file); a test checks
+# that every file in these folders is matched, so a new launch/config/RViz file cannot be forgotten.
+SHARE_GLOBS = {
+    "launch": "launch/*.launch.py",
+    "config": "config/*.yaml",
+    "rviz": "rviz/*.rviz",
+}
 
 CORE = [
     "torch>=2.5",
@@ -15,6 +24,7 @@ CORE = [
     "safetensors>=0.4",
     "onnxruntime>=1.18",
     "pillow>=9",
+    "pyyaml>=5.4",
     # Offline replay: rosbag2 I/O without ROS, the recording's TF tree, plots, progress.
     "rosbags>=0.10",
     "pytransform3d>=3.14",
@@ -22,7 +32,9 @@ CORE = [
     "tqdm>=4.64",
 ]
 EXPORT = ["onnx>=1.16", "onnxscript>=0.2"]
-TEST = ["pytest>=7"]
+# colcon discovers the two ROS packages in test_ros_packaging.py (colcon list is in
+# colcon-package-information; colcon-ros pulls in catkin_pkg and colcon-recursive-crawl).
+TEST = ["pytest>=7", "colcon-core>=0.15", "colcon-ros>=0.4", "colcon-package-information>=0.3"]
 
 setup(
     name=PACKAGE,
@@ -38,6 +50,10 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        *[
+            (f"share/{PACKAGE}/{folder}", sorted(glob(pattern)))
+            for folder, pattern in SHARE_GLOBS.items()
+        ],
     ],
     install_requires=["numpy>=1.24"],
     extras_require={
@@ -46,5 +62,12 @@ setup(
         "test": CORE + EXPORT + TEST,
     },
     zip_safe=False,
-    entry_points={"console_scripts": ["dve-perception = dve_perception.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "dve-perception = dve_perception.cli:main",
+            "perception_node = dve_perception.ros.entry_points:perception_node",
+            "mapping_node = dve_perception.ros.entry_points:mapping_node",
+            "dve_perception_node = dve_perception.ros.entry_points:combined_node",
+        ]
+    },
 )
