@@ -6,6 +6,7 @@ and their outcomes back into messages, so everything that can go wrong is tested
 
 from __future__ import annotations
 
+from dve_perception.node_logic.input_watch import InputWatch
 from dve_perception.node_logic.latest_slot import LatestSlot
 from dve_perception.node_logic.map_paths import resolve_map_path
 from dve_perception.node_logic.map_service import (
@@ -30,6 +31,7 @@ from dve_perception.node_logic.stats import RateStats, StampRateLimiter, Throttl
 
 __all__ = [
     "FrameOutcome",
+    "InputWatch",
     "LatestSlot",
     "MapService",
     "NodeNetwork",
