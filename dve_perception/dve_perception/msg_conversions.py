@@ -32,6 +32,7 @@ __all__ = [
     "decode_color",
     "decode_depth",
     "depth_to_metres",
+    "field_bytes",
     "image_to_array",
     "matrix_to_quaternion",
     "matrix_to_transform_fields",
@@ -90,7 +91,7 @@ def image_to_array(msg: Any) -> tuple[np.ndarray, str]:
             f"image step {step} is shorter than a row of {width} {encoding} pixels "
             f"({row_bytes} bytes); the message is malformed"
         )
-    data = _as_bytes(msg.data)
+    data = field_bytes(msg.data)
     if data.size != step * height:
         raise InputError(
             f"{encoding} image {height}x{width} with step {step} needs {step * height} bytes of "
@@ -148,7 +149,7 @@ def compressed_image_to_array(msg: Any) -> tuple[np.ndarray, str]:
             f"unsupported CompressedImage format {fmt!r}; expected jpeg or png colour (e.g. "
             "'rgb8; jpeg compressed bgr8') or '16UC1; compressedDepth png'"
         )
-    data = _as_bytes(msg.data).tobytes()
+    data = field_bytes(msg.data).tobytes()
     compressed_depth = "compresseddepth" in fmt.lower()
     if compressed_depth:
         header, data = data[:_COMPRESSED_DEPTH_HEADER_BYTES], data[_COMPRESSED_DEPTH_HEADER_BYTES:]
@@ -363,7 +364,7 @@ def ns_to_stamp_fields(ns: int) -> tuple[int, int]:
     return sec, nanosec
 
 
-def _as_bytes(data: Any) -> np.ndarray:
+def field_bytes(data: Any) -> np.ndarray:
     """View a message's uint8[] field as a 1-D uint8 array (no copy where possible)."""
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data).reshape(-1).view(np.uint8)

@@ -15,10 +15,10 @@ from dve_perception.errors import InputError
 from dve_perception.frames import EmbeddingFrame, sample_depth_at_centres, scale_intrinsics
 from dve_perception.msg_builders import array_to_image, byte_buffer, check_size, make_header
 from dve_perception.msg_conversions import (
-    _as_bytes,
     camera_info_size,
     camera_info_to_K,
     depth_to_metres,
+    field_bytes,
     image_to_array,
     stamp_to_ns,
 )
@@ -98,7 +98,7 @@ def msg_to_embedding_frame(msg: Any, device: str = "cpu") -> EmbeddingFrame:
     height, width, dim = int(msg.height), int(msg.width), int(msg.dim)
     if min(height, width, dim) <= 0:
         raise InputError(f"embedding frame is empty: height {height}, width {width}, dim {dim}")
-    data = _as_bytes(msg.data)
+    data = field_bytes(msg.data)
     expected = height * width * dim * 2
     if data.size != expected:
         raise InputError(
