@@ -16,6 +16,17 @@ FORBIDDEN = [
     "cv_bridge",
     "sensor_msgs_py",
     "diagnostic_updater",
+    "diagnostic_msgs",
+    "std_msgs",
+    "std_srvs",
+    "sensor_msgs",
+    "geometry_msgs",
+    "visualization_msgs",
+    "builtin_interfaces",
+    "rcl_interfaces",
+    "dve_perception_interfaces",
+    "launch",
+    "launch_ros",
     "tensorrt",
     "pycuda",
     # Optional/heavy: imported lazily inside the functions that need them.
@@ -24,7 +35,7 @@ FORBIDDEN = [
     "onnxruntime",
     "onnxscript",
 ]
-# Adapters that may import ROS / TensorRT themselves (none exist yet).
+# Adapters that may import ROS / TensorRT themselves.
 ADAPTER_PREFIXES = ("dve_perception.ros", "dve_perception.backends.tensorrt")
 
 
@@ -60,3 +71,18 @@ def test_importing_the_package_does_not_import_torch():
         check=True,
     )
     assert result.stdout.strip() == "False"
+
+
+def test_node_executables_without_ros_exit_with_a_one_line_hint():
+    script = (
+        "import sys\n"
+        "sys.modules['rclpy'] = None\n"
+        "import importlib.util\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'rclpy' else 1\n"
+        "from dve_perception.ros.entry_points import perception_node\n"
+        "perception_node()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "perception_node needs ROS 2 (rclpy)" in result.stderr
+    assert "Traceback" not in result.stderr
