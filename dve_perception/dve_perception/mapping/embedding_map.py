@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from dve_perception.mapping.query import (
     relevancy,
 )
 from dve_perception.mapping.voxel_map import VoxelEmbeddingMap
+
+if TYPE_CHECKING:
+    from dve_perception.visualization import PcaBasis
 
 __all__ = ["EmbeddingMap"]
 
@@ -176,18 +180,30 @@ class EmbeddingMap:
         with self._lock:
             return self._storage.voxel_centers().cpu().numpy()
 
-    def colors(self, mode: str = "pca", result: QueryResult | None = None) -> np.ndarray:
+    def colors(
+        self,
+        mode: str = "pca",
+        result: QueryResult | None = None,
+        basis: PcaBasis | None = None,
+    ) -> np.ndarray:
         """Colour voxels for display or PLY export, aligned with `points()`.
 
         Args:
             mode: "pca" (first three principal components of the voxel features as RGB, so
                 similar embeddings look alike) or "heat" (the scores of `result`, blue to red).
             result: the query to show with mode "heat"; must come from this map's current state.
+            basis: with mode "pca", a basis from `fit_color_basis` to reuse, so colours stay the
+                same from one call to the next (e.g. a cloud republished while the map grows);
+                None fits one on the current voxels.
 
         Returns:
             (N, 3) uint8 RGB.
+
+        Raises:
+            InputError: an unknown mode, a "heat" result of another map state, or a basis
+                fitted on features of another size (e.g. before the map switched to PCA).
         """
-        from dve_perception.visualization import fit_pca, heat_colors, pca_colors
+        from dve_perception.visualization import heat_colors, pca_colors
 
         if mode not in COLOR_MODES:
             raise InputError(f"mode must be one of {COLOR_MODES}, got {mode!r}")
@@ -202,16 +218,53 @@ class EmbeddingMap:
                 return heat_colors(result.scores)
             if n < 3:
                 return np.full((n, 3), 128, dtype=np.uint8)
+            basis = basis if basis is not None else self.fit_color_basis()
             features = self._storage.features
-            # Fit on an even sample and colour in chunks: a float32 copy of a million 768-d
-            # voxels would take 3 GB at once.
-            sample = features[:: max(1, n // _PCA_COLOR_SAMPLES)]
-            basis = fit_pca(_as_image(sample))
+            # Colour in chunks: a float32 copy of a million 768-d voxels would take 3 GB at once.
             chunks = [
                 pca_colors(_as_image(features[start : start + _COLOR_CHUNK]), basis)[:, 0, :]
                 for start in range(0, n, _COLOR_CHUNK)
             ]
             return np.concatenate(chunks)
+
+    def pca_cloud(
+        self, basis: PcaBasis | None = None
+    ) -> tuple[np.ndarray, np.ndarray, PcaBasis | None]:
+        """Return voxel centres and PCA colours of one consistent map state, and the basis.
+
+        `points()` and `colors()` called one after the other may see different maps when
+        another thread integrates in between; this takes both under the map's lock.
+
+        Args:
+            basis: the basis to colour with; None, or one fitted on features of another width
+                (the map switched to PCA storage since), is replaced by a fresh fit.
+
+        Returns:
+            (N, 3) float32 points, (N, 3) uint8 RGB, and the basis used (None below 3 voxels).
+        """
+        with self._lock:
+            points = self.points()
+            if len(points) < 3:
+                return points, self.colors("pca"), None
+            width = self._storage.features.shape[1]
+            if basis is None or basis.mean.shape[0] != width:
+                basis = self.fit_color_basis()
+            return points, self.colors("pca", basis=basis), basis
+
+    def fit_color_basis(self) -> PcaBasis:
+        """Fit the PCA colour basis of `colors("pca")` on an even sample of the voxels.
+
+        Raises:
+            InputError: fewer than 3 voxels.
+        """
+        from dve_perception.visualization import fit_pca
+
+        with self._lock:
+            n = len(self._storage)
+            if n < 3:
+                raise InputError(f"a colour basis needs at least 3 voxels, the map has {n}")
+            sample = self._storage.features[:: max(1, n // _PCA_COLOR_SAMPLES)]
+            return fit_pca(_as_image(sample))
 
     def save_ply(
         self, path: str | os.PathLike, mode: str = "pca", result: QueryResult | None = None

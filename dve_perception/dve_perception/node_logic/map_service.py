@@ -94,6 +94,7 @@ class MapService:
         self._warn = Throttle(config.warn_period_s)
         self.fused = 0
         self.dropped: Counter[str] = Counter()
+        self._basis: tuple[object, int] = (None, 0)  # the map cloud's colour basis, voxels
 
     @property
     def emap(self) -> EmbeddingMap:
@@ -169,6 +170,7 @@ class MapService:
             )
         with self._lock:
             self._map = loaded
+            self._basis = (None, 0)
         note = ""
         if loaded.voxel_size_m != self.config.map.voxel_size_m:
             note = f" (its voxel size {loaded.voxel_size_m} m replaces the configured one)"
@@ -181,16 +183,27 @@ class MapService:
         emap = self.emap
         count = len(emap)
         emap.clear()
+        self._basis = (None, 0)
         return ServiceOutcome(True, f"cleared {count} voxels", voxel_count=0)
 
     def cloud(self) -> tuple[np.ndarray, np.ndarray]:
         """Return the map's voxel centres and PCA colours, at most `cloud_max_points` of them.
 
+        The colour basis is kept from one call to the next, so a cloud republished every few
+        seconds keeps its colours; it is refitted only when the map has more than doubled since
+        the fit (early colours settle as the map fills), switched to PCA features, or was
+        cleared or loaded.
+
         Returns:
             (M, 3) float32 points in the world frame and (M, 3) uint8 RGB.
         """
         emap = self.emap
-        points, colors = emap.points(), emap.colors("pca")
+        basis, fitted_on = self._basis
+        if len(emap) > 2 * fitted_on:
+            basis = None
+        points, colors, used = emap.pca_cloud(basis)
+        if used is not basis:
+            self._basis = (used, len(points))
         keep = _even_subsample(len(points), self.config.cloud_max_points)
         return points[keep], colors[keep]
 

@@ -214,3 +214,46 @@ def test_queries_and_saves_while_frames_are_fused_never_fail(tmp_path):
     assert not errors
     assert all(o.success or "map is empty" in o.message for o in outcomes)
     assert EmbeddingMap.load(tmp_path / "maps" / "live.dvemap") is not None
+
+
+def _colours_by_point(points: np.ndarray, rgb: np.ndarray) -> dict[tuple, tuple]:
+    return {tuple(p.round(4)): tuple(c) for p, c in zip(points, rgb, strict=True)}
+
+
+def test_the_map_cloud_keeps_its_colours_while_the_map_grows_less_than_twofold(tmp_path):
+    service = _service(tmp_path)
+    encoder = FakeEncoder()
+    service.integrate(_frame(encoder), np.eye(4))
+    first = _colours_by_point(*service.cloud())
+    moved = np.eye(4)
+    moved[0, 3] = 0.2  # a few new voxels of a third phrase beside the old ones
+    service.integrate(_frame(encoder, left="a lamp", right="a table"), moved)
+    assert len(service.emap) < 2 * len(first)
+    second = _colours_by_point(*service.cloud())
+    unchanged = [p for p in first if p in second and first[p] == second[p]]
+    # A refit on the grown map (a new phrase, new variance) would recolour the old voxels;
+    # the kept basis leaves every voxel whose feature did not change with its colour.
+    untouched = [p for p in first if p[0] < -0.35]  # the moved frame starts near x = -0.3
+    assert untouched and all(p in unchanged for p in untouched)
+
+
+def test_the_colour_basis_is_refitted_after_clear(tmp_path):
+    service = _service(tmp_path)
+    encoder = FakeEncoder()
+    service.integrate(_frame(encoder), np.eye(4))
+    service.cloud()
+    service.clear()
+    service.integrate(_frame(encoder, left="a lamp", right="a sofa"), np.eye(4))
+    points, rgb = service.cloud()
+    fresh = service.emap.colors("pca")  # a basis fitted on the new content
+    np.testing.assert_array_equal(rgb, fresh[: len(rgb)])
+
+
+def test_pca_cloud_takes_points_and_colours_of_one_map_state():
+    emap = EmbeddingMap(config=MapConfig(embedding_dim=DIM))
+    emap.integrate(_frame(FakeEncoder()).embedding, torch.full((20, 40), 1.012), K, np.eye(4))
+    points, rgb, basis = emap.pca_cloud()
+    assert len(points) == len(rgb) == len(emap) and basis is not None
+    again, rgb_again, same = emap.pca_cloud(basis)
+    assert same is basis
+    np.testing.assert_array_equal(rgb, rgb_again)
