@@ -42,7 +42,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         skip = pytest.mark.skip(reason=reason)
         for item in items:
-            if marker in item.keywords:
+            # get_closest_marker, not `marker in item.keywords`: keywords also hold parameter
+            # ids, so a parametrised case named like a marker would be skipped silently.
+            if item.get_closest_marker(marker) is not None:
                 item.add_marker(skip)
 
 
