@@ -22,6 +22,7 @@ from dve_perception.msg_conversions import (
     image_to_array,
     stamp_to_ns,
 )
+from dve_perception.postprocess import downsample_unit_embedding
 
 __all__ = ["embedding_frame_to_msg", "msg_to_embedding_frame"]
 
@@ -149,12 +150,11 @@ def _resized(
             "embedding frames are published at or below the network's output size: asked for "
             f"{target_h}x{target_w}, the embedding is {height}x{width}"
         )
-    pooled = torch.nn.functional.adaptive_avg_pool2d(
-        embedding.detach().to(torch.float32).unsqueeze(0), (target_h, target_w)
+    # Sizes that do not divide the embedding stay allowed here (adaptive windows); the exported
+    # graph's publish output takes only dividing sizes, where both give the same vectors.
+    pooled = downsample_unit_embedding(
+        embedding.detach().unsqueeze(0), (target_h, target_w), allow_uneven=True
     ).squeeze(0)
-    norm = torch.linalg.vector_norm(pooled, dim=0, keepdim=True)
-    # The mean of unit vectors is shorter than 1: re-normalise; all-zero areas stay zero.
-    pooled = torch.where(norm > 0, pooled / norm.clamp_min(1e-30), torch.zeros_like(pooled))
     return (
         pooled,
         sample_depth_at_centres(depth, (target_h, target_w)),

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 
 from dve_perception.errors import InputError
 
-__all__ = ["Segmentation", "class_scores", "normalize_embedding", "segment"]
+__all__ = [
+    "Segmentation",
+    "class_scores",
+    "downsample_unit_embedding",
+    "normalize_embedding",
+    "segment",
+]
 
 #: Norms below this count as zero, so an all-zero vector stays zero instead of becoming NaN.
 _NORM_EPS = 1e-12
@@ -97,13 +103,66 @@ def segment(scores: torch.Tensor, output_size: tuple[int, int]) -> Segmentation:
             is not two positive integers.
     """
     _check_4d("scores", scores)
-    size = _check_size(output_size)
+    size = _check_size(output_size, "output_size")
     if tuple(scores.shape[-2:]) != size:
         # Resizing scores, not embeddings, is what the official code does (spec §6); it is also
         # K channels instead of 768, and bilinear mixing of unit vectors would shrink their norm.
         scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
     best, labels = scores.max(dim=1)
     return Segmentation(labels=labels, scores=best)
+
+
+def downsample_unit_embedding(
+    embedding: torch.Tensor, size: tuple[int, int], *, allow_uneven: bool = False
+) -> torch.Tensor:
+    """Average unit embeddings over equal areas and re-normalise them (zero vectors stay zero).
+
+    The one downsampler of published embeddings: `msg_embedding` uses it for EmbeddingFrame
+    messages and the exported graph's `embedding_publish` output (`backends.fused_outputs`) too,
+    so both give the same vectors. When (h, w) is a multiple of `size` the areas are equal and
+    disjoint and the mean is `avg_pool2d` with kernel = stride, a form ONNX and TensorRT run
+    as is; adaptive pooling, whose windows overlap otherwise, is used only with `allow_uneven`.
+
+    Args:
+        embedding: (B, D, h, w) floating-point embeddings, usually unit vectors.
+        size: (height, width) of the output, at most (h, w).
+        allow_uneven: accept sizes that do not divide (h, w), averaging over adaptive pooling
+            windows [floor(i * h / height), ceil((i + 1) * h / height)).
+
+    Returns:
+        (B, D, height, width) float32 unit vectors; an area whose mean is zero gives zeros.
+
+    Raises:
+        InputError: `embedding` is not (B, D, h, w) floating point, `size` is not two positive
+            integers, is larger than (h, w), or (without `allow_uneven`) does not divide it.
+    """
+    _check_4d("embedding", embedding)
+    out_h, out_w = _check_size(size, "size")
+    height, width = int(embedding.shape[-2]), int(embedding.shape[-1])
+    if out_h > height or out_w > width:
+        raise InputError(
+            f"cannot downsample a {height}x{width} embedding to {out_h}x{out_w}: the size must "
+            "be at most the embedding's"
+        )
+    values = embedding.to(torch.float32)
+    if height % out_h == 0 and width % out_w == 0:
+        kernel = (height // out_h, width // out_w)
+        pooled = F.avg_pool2d(values, kernel_size=kernel, stride=kernel)
+    elif allow_uneven:
+        pooled = F.adaptive_avg_pool2d(values, (out_h, out_w))
+    else:
+        hint = f"{_largest_divisor(height, out_h)}x{_largest_divisor(width, out_w)}"
+        raise InputError(
+            f"a {height}x{width} embedding cannot be averaged into {out_h}x{out_w} equal areas; "
+            f"use a size that divides it, e.g. {hint}"
+        )
+    norm = torch.linalg.vector_norm(pooled, dim=1, keepdim=True)
+    # The mean of unit vectors is shorter than 1: re-normalise; all-zero areas stay zero.
+    return torch.where(norm > 0, pooled / norm.clamp_min(1e-30), torch.zeros_like(pooled))
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, at_most + 1) if n % d == 0)
 
 
 def _check_4d(name: str, x: torch.Tensor) -> None:
@@ -137,14 +196,14 @@ def _check_prototypes(prototypes: torch.Tensor, channels: int) -> torch.Tensor:
     return weight
 
 
-def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+def _check_size(size: tuple[int, int], name: str) -> tuple[int, int]:
     if (
         not isinstance(size, (tuple, list, torch.Size))
         or len(size) != 2
         or not all(isinstance(s, Integral) and not isinstance(s, bool) for s in size)
         or min(size) <= 0
     ):
-        raise InputError(f"output_size must be two positive integers (H, W), got {size!r}")
+        raise InputError(f"{name} must be two positive integers (H, W), got {size!r}")
     return int(size[0]), int(size[1])
 
 

@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from dve_perception.errors import InputError
-from dve_perception.postprocess import class_scores, normalize_embedding, segment
+from dve_perception.postprocess import (
+    class_scores,
+    downsample_unit_embedding,
+    normalize_embedding,
+    segment,
+)
 
 DIM = 768
 
@@ -170,3 +175,45 @@ def test_scores_and_segmentation_on_cuda_match_cpu(generator):
     torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-5, rtol=0)
     # Labels agree except possibly where two classes tie within float rounding.
     assert (gpu.labels.cpu() == cpu.labels).float().mean() > 0.99
+
+
+def test_downsampling_averages_equal_areas_renormalises_and_keeps_zero_areas_zero():
+    unit = F.normalize(torch.randn(2, 5, 6, 8, generator=torch.Generator().manual_seed(4)), dim=1)
+    unit[0, :, :3, :2] = 0.0  # the top-left 3x2 area of sample 0 is all zero
+    out = downsample_unit_embedding(unit, (2, 4))
+    expected = torch.zeros(2, 5, 2, 4)
+    for i in range(2):
+        for j in range(4):
+            mean = unit[:, :, 3 * i : 3 * i + 3, 2 * j : 2 * j + 2].mean(dim=(2, 3))
+            norm = mean.norm(dim=1, keepdim=True)
+            expected[:, :, i, j] = torch.where(norm > 0, mean / norm.clamp_min(1e-30), 0.0)
+    assert out.dtype == torch.float32
+    assert torch.equal(out[0, :, 0, 0], torch.zeros(5))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_downsampling_to_a_size_that_does_not_divide_needs_allow_uneven():
+    unit = F.normalize(torch.randn(1, 3, 5, 7, generator=torch.Generator().manual_seed(5)), dim=1)
+    with pytest.raises(
+        InputError,
+        match="a 5x7 embedding cannot be averaged into 3x4 equal areas; "
+        "use a size that divides it, e.g. 1x1",
+    ):
+        downsample_unit_embedding(unit, (3, 4))
+    out = downsample_unit_embedding(unit, (3, 4), allow_uneven=True)
+    # Adaptive window of output (1, 1): rows [1, 4), columns [1, 4).
+    mean = unit[0, :, 1:4, 1:4].mean(dim=(1, 2))
+    torch.testing.assert_close(out[0, :, 1, 1], mean / mean.norm(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("embedding", "size", "message"),
+    [
+        (torch.zeros(1, 3, 4, 4), (8, 4), "cannot downsample a 4x4 embedding to 8x4"),
+        (torch.zeros(1, 3, 4, 4), (0, 4), r"size must be two positive integers \(H, W\)"),
+        (torch.zeros(3, 4, 4), (2, 2), r"embedding must be a floating-point tensor of shape"),
+    ],
+)
+def test_downsampling_rejects_bad_sizes_and_shapes(embedding, size, message):
+    with pytest.raises(InputError, match=message):
+        downsample_unit_embedding(embedding, size)
