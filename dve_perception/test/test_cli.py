@@ -18,6 +18,7 @@ import torch
 
 from dve_perception import cli
 from dve_perception.backends import onnx_export
+from dve_perception.backends.fused_outputs import OUTPUT_NAME, FusedOutputs
 from dve_perception.backends.onnx_export import read_export_metadata
 from dve_perception.model.checkpoint import read_checkpoint_file
 
@@ -60,7 +61,9 @@ def test_export_onnx_loads_weights_and_passes_the_options(
     assert not any("generated weights" in message for message in logged)
     assert any("trusted=True" in message for message in logged)  # --trust-checkpoint reached it
     assert (exported["path"], exported["height"], exported["width"]) == (out, 96, 128)
-    assert (exported["opset"], exported["normalize"], exported["dynamo"]) == (19, True, True)
+    assert (exported["opset"], exported["dynamo"]) == (19, True)
+    assert exported["fused"] == FusedOutputs(normalize=True)
+    assert (exported["prototypes"], exported["class_names"]) == (None, [])
     # The fixture holds seed-1 values, so this catches weights not loaded at all (random init).
     state = read_checkpoint_file(reducedres_checkpoint)["state_dict"]
     key = "decoders.dense_visual_embedding_decoder._task_head.conv.weight"
@@ -70,11 +73,85 @@ def test_export_onnx_loads_weights_and_passes_the_options(
 def test_export_onnx_defaults_and_failing_check(monkeypatch, tmp_path, capsys):
     exported = {}
     monkeypatch.setattr(onnx_export, "export_onnx", lambda model, path, **kw: exported.update(kw))
-    monkeypatch.setattr(onnx_export, "compare_with_onnxruntime", lambda model, path: 0.25)
+    monkeypatch.setattr(
+        onnx_export, "compare_with_onnxruntime", lambda model, path, prototypes: {OUTPUT_NAME: 0.25}
+    )
     argv = ["export-onnx", "--variant", "reducedres", "--output", str(tmp_path / "m.onnx")]
     assert cli.main([*argv, "--check"]) == 1
-    assert "relative L2 error: 0.25" in capsys.readouterr().out
-    assert exported == dict(height=480, width=640, normalize=False, opset=20, dynamo=False)
+    assert f"relative L2 error: 0.25 ({OUTPUT_NAME})" in capsys.readouterr().out
+    assert exported == dict(
+        height=480,
+        width=640,
+        opset=20,
+        dynamo=False,
+        fused=FusedOutputs(),
+        prototypes=None,
+        class_names=[],
+    )
+
+
+class FakeTextEncoder:
+    def encode(self, names):
+        return torch.arange(len(names) * 768, dtype=torch.float32).reshape(len(names), 768)
+
+
+def test_export_onnx_fuses_the_chosen_outputs_with_text_prototypes(monkeypatch, tmp_path, caplog):
+    import dve_perception.installed_models as installed_models
+
+    exported, resolved = {}, {}
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda model, path, **kw: exported.update(kw))
+    monkeypatch.setattr(cli, "_load_model", lambda *args: "the model")
+
+    def fake_resolve(text_model, models_dir):
+        resolved.update(text_model=text_model)
+        return FakeTextEncoder(), "random-tower", False
+
+    monkeypatch.setattr(installed_models, "resolve_text_encoder", fake_resolve)
+    argv = ["export-onnx", "--variant", "reducedres", "--output", str(tmp_path / "m.onnx")]
+    fused = ["--normalize", "--half", "--vocabulary", "wall, floor,chair", "--argmax"]
+    more = ["--publish-size", "60X80", "--text-model", str(tmp_path / "clip")]
+    assert cli.main([*argv, *fused, *more]) == 0
+
+    assert exported["fused"] == FusedOutputs(
+        normalize=True, half=True, num_classes=3, argmax=True, publish_size=(60, 80)
+    )
+    assert exported["class_names"] == ["wall", "floor", "chair"]
+    assert torch.equal(exported["prototypes"], FakeTextEncoder().encode(["a", "b", "c"]))
+    assert resolved == {"text_model": tmp_path / "clip"}
+    assert any("random text tower" in message for message in warnings_logged(caplog))
+
+
+@pytest.mark.parametrize(
+    ("errors", "code"),
+    [
+        ({OUTPUT_NAME: 1.5e-3, "class_scores": 5e-5, "class_labels": 0.0}, 0),
+        ({OUTPUT_NAME: 2.5e-3, "class_scores": 5e-5, "class_labels": 0.0}, 1),
+        ({OUTPUT_NAME: 1e-4, "class_scores": 2e-4, "class_labels": 0.0}, 1),
+        ({OUTPUT_NAME: 1e-4, "class_scores": 5e-5, "class_labels": 0.01}, 1),
+    ],
+)
+def test_export_onnx_check_applies_each_outputs_tolerance(
+    monkeypatch, tmp_path, capsys, errors, code
+):
+    import dve_perception.installed_models as installed_models
+
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda model, path, **kw: None)
+    monkeypatch.setattr(onnx_export, "compare_with_onnxruntime", lambda *a, **kw: errors)
+    monkeypatch.setattr(cli, "_load_model", lambda *args: "the model")
+    monkeypatch.setattr(
+        installed_models, "resolve_text_encoder", lambda *a: (FakeTextEncoder(), "clip", True)
+    )
+    argv = ["export-onnx", "--variant", "reducedres", "--output", str(tmp_path / "m.onnx")]
+    fused = ["--normalize", "--half", "--vocabulary", "a,b", "--argmax", "--check"]
+    assert cli.main([*argv, *fused]) == code
+    out = capsys.readouterr().out
+    assert f"relative L2 error: {errors[OUTPUT_NAME]:.3g} ({OUTPUT_NAME})" in out
+    assert f"labels differing at clear pixels: {errors['class_labels']:.3g}" in out
+
+
+def test_cli_check_tolerances_are_the_libraries():
+    assert cli.CHECK_TOLERANCE == onnx_export.FP32_TOLERANCE
+    assert cli.FP16_CHECK_TOLERANCE == onnx_export.FP16_TOLERANCE
 
 
 @pytest.mark.parametrize(
@@ -102,6 +179,11 @@ def test_export_onnx_with_bad_weights_exits_2_with_one_line(tmp_path, capsys, we
         (["--height", "100"], "height must be a positive multiple of 32, got 100"),
         (["--width", "650"], "width must be a positive multiple of 32, got 650"),
         (["--trust-checkpoint"], "--trust-checkpoint applies to --weights"),
+        (["--half"], "half (--half) needs normalize (--normalize)"),
+        (["--argmax"], "argmax (--argmax) needs class prototypes (num_classes > 0, --vocabulary)"),
+        (["--publish-size", "7x9"], "publish size 7x9 must divide the 480x640 embedding"),
+        (["--text-model", "clip"], "--text-model applies to --vocabulary, which was not given"),
+        (["--vocabulary", "a,b,a"], "vocabulary 'a,b,a' repeats class names"),
     ],
 )
 def test_export_onnx_rejects_bad_options_before_building_the_model(
@@ -137,7 +219,16 @@ def test_console_script_points_at_main():
     assert [e.value for e in scripts if e.name == "dve-perception"] == ["dve_perception.cli:main"]
 
 
-@pytest.mark.parametrize("argv", [[], ["export-onnx"], ["export-onnx", "--variant", "tiny"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["export-onnx"],
+        ["export-onnx", "--variant", "tiny"],
+        ["export-onnx", "--variant", "fullres", "--output", "m.onnx", "--publish-size", "0x4"],
+        ["export-onnx", "--variant", "fullres", "--output", "m.onnx", "--publish-size", "60"],
+    ],
+)
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
