@@ -33,11 +33,23 @@ def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--weights", type=Path, help="checkpoint (default: <models>/dveformer_<variant>_mixed.pth)"
     )
-    group.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    group.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch")
     group.add_argument(
         "--onnx", type=Path, metavar="FILE", help="exported model for --backend onnxruntime"
     )
+    group.add_argument(
+        "--engine",
+        type=Path,
+        metavar="PLAN",
+        help="TensorRT plan for --backend tensorrt (from `dve-perception build-engine`)",
+    )
     group.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    group.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="torch backend on CUDA: fp16 autocast (an engine's precision is set when built)",
+    )
     group.add_argument(
         "--trust-checkpoint",
         action="store_true",
@@ -200,7 +212,10 @@ def _network_choice(args: argparse.Namespace, models_dir: Path) -> NetworkChoice
         weights=args.weights,
         backend=args.backend,
         onnx_path=args.onnx,
-        device=args.device,
+        engine_path=args.engine,
+        # TensorRT runs on the GPU; --device only moves torch work, and defaults to cpu.
+        device="cuda" if args.backend == "tensorrt" and args.device == "cpu" else args.device,
+        precision=args.precision,
         models_dir=models_dir,
         trusted=args.trust_checkpoint,
     )

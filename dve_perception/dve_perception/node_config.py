@@ -111,7 +111,22 @@ class PerceptionNodeConfig(NodeConfigBase):
         default="",
         metadata=_doc(
             "backend used when the configured one cannot start; empty: fail instead",
-            ("", "torch", "onnxruntime"),
+            ("", "torch", "onnxruntime", "tensorrt"),
+        ),
+    )
+    precision: str = field(
+        default="fp32",
+        metadata=_doc(
+            "torch backend: fp16 runs the network under CUDA autocast (needs a cuda device); "
+            "a TensorRT engine's precision is chosen when it is built",
+            ("fp32", "fp16"),
+        ),
+    )
+    cuda_graphs: bool = field(
+        default=False,
+        metadata=_doc(
+            "torch backend on CUDA: replay the network as a captured CUDA graph (fixed input "
+            "size; less launch overhead)"
         ),
     )
     vocabulary: str = field(
@@ -164,16 +179,19 @@ class PerceptionNodeConfig(NodeConfigBase):
         if not (math.isfinite(self.sync_slop_s) and self.sync_slop_s > 0):
             raise ConfigError(f"sync_slop_s must be a positive number, got {self.sync_slop_s}")
         _non_negative("embedding_rate_hz", self.embedding_rate_hz)
-        for backend in {self.backend, self.fallback_backend}:
-            if backend == "onnxruntime" and not self.onnx_path:
+        files = {
+            "onnxruntime": ("onnx_path", "an exported model, see `dve-perception export-onnx`"),
+            "tensorrt": ("engine_path", "a plan built on this machine, see `build-engine`"),
+        }
+        for backend in (self.backend, self.fallback_backend):
+            name, what = files.get(backend, ("", ""))
+            if name and not getattr(self, name):
                 raise ConfigError(
-                    "backend or fallback_backend 'onnxruntime' needs onnx_path (an exported "
-                    "model, see `dve-perception export`), got onnx_path ''"
+                    f"backend or fallback_backend {backend!r} needs {name} ({what}), got {name} ''"
                 )
-        if self.backend == "tensorrt" and not self.engine_path:
+        if (self.precision == "fp16" or self.cuda_graphs) and not self.device.startswith("cuda"):
             raise ConfigError(
-                "backend 'tensorrt' needs engine_path (a TensorRT plan built on this machine), "
-                "got engine_path ''"
+                f"precision fp16 and cuda_graphs need a cuda device, got device {self.device!r}"
             )
 
 

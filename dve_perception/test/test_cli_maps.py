@@ -108,6 +108,11 @@ def test_replay_takes_map_settings_from_the_nodes_parameters_file(
         (["replay", "{rec}", "--out", "{tmp}/o", "--every", "0"], "every must be a positive"),
         (["replay", "{rec}", "--out", "{tmp}/o", "--voxel-size", "-1"], "voxel_size_m"),
         (["replay", "{rec}", "--out", "{tmp}/o", "--params", "{tmp}/none.yaml"], "none.yaml"),
+        (["replay", "{rec}", "--out", "{tmp}/o", "--onnx", "m.onnx"], "--onnx applies to"),
+        (
+            ["replay", "{rec}", "--out", "{tmp}/o", "--backend", "tensorrt", "--engine", "m.plan"],
+            "m.plan does not exist",
+        ),
         (["query", "{tmp}/missing.dvemap", "a mug"], "missing.dvemap"),
         (["demo", "--out", "{tmp}/o", "--frames", "0"], "--frames must be at least 1"),
     ],

@@ -63,7 +63,7 @@ def test_parameter_types_and_choices_match_the_declared_field_types():
     assert specs["world_frame"].type == "string"
     assert specs["backend"].choices == ("torch", "onnxruntime", "tensorrt")
     assert specs["variant"].choices == ("reducedres", "fullres")
-    assert specs["fallback_backend"].choices == ("", "torch", "onnxruntime")
+    assert specs["fallback_backend"].choices == ("", "torch", "onnxruntime", "tensorrt")
     assert specs["input_qos"].choices == ("sensor_data", "reliable")
 
 
@@ -147,7 +147,10 @@ def test_a_misspelt_parameter_is_rejected_with_a_suggestion():
     [
         ({"backend": "onnxruntime"}, r"'onnxruntime' needs onnx_path"),
         ({"fallback_backend": "onnxruntime"}, r"'onnxruntime' needs onnx_path"),
-        ({"backend": "tensorrt"}, r"backend 'tensorrt' needs engine_path"),
+        ({"backend": "tensorrt"}, r"'tensorrt' needs engine_path"),
+        ({"fallback_backend": "tensorrt"}, r"'tensorrt' needs engine_path"),
+        ({"precision": "fp16"}, r"precision fp16 and cuda_graphs need a cuda device"),
+        ({"cuda_graphs": True}, r"precision fp16 and cuda_graphs need a cuda device"),
         ({"backend": "jax"}, r"backend must be one of \['torch', 'onnxruntime', 'tensorrt'\]"),
         ({"variant": "half"}, r"variant must be one of"),
         ({"input_qos": "best_effort"}, r"input_qos must be one of"),

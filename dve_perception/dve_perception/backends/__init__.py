@@ -98,9 +98,14 @@ def make_backend(
         raise ConfigError(
             f"backend 'tensorrt' runs on a CUDA device (cuda or cuda:N), not {device!r}"
         )
+    import torch
+
     from dve_perception.backends.tensorrt_backend import TensorRTBackend
 
-    return TensorRTBackend(engine_path, device=device)
+    # Buffers are torch CUDA tensors when torch has CUDA (outputs stay on the GPU for the rest
+    # of the pipeline); otherwise pycuda's (e.g. a Jetson image without NVIDIA's torch wheel).
+    io = "torch" if torch.cuda.is_available() else "pycuda"
+    return TensorRTBackend(engine_path, device=device, io=io)
 
 
 def _reject_torch_options(

@@ -84,13 +84,13 @@ class TensorRTBackend(InferenceBackend):
         if io not in IO_MODES:
             raise ConfigError(f"io must be one of {list(IO_MODES)}, got {io!r}")
         cuda_device = _cuda_device(device)
-        trt = import_tensorrt()
         path = Path(engine_path)
         if not path.is_file():
             raise CheckpointError(
                 f"engine file {path} does not exist; build it with "
                 "`dve-perception build-engine --onnx FILE`"
             )
+        trt = import_tensorrt()
         self._cuda = _import_pycuda() if io == "pycuda" else None
         if io == "torch" and not torch.cuda.is_available():
             raise BackendUnavailableError(

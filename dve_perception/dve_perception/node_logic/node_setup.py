@@ -120,27 +120,30 @@ def build_map(config: MappingNodeConfig, embedding_dim: int | None = None) -> Em
 
 
 def _choice(config: PerceptionNodeConfig, backend: str) -> NetworkChoice:
-    if backend == "tensorrt":
-        # The TensorRT runtime is its own piece of work (engine build, cache, runtime); until it
-        # lands, say so instead of failing on an unknown backend name.
-        raise BackendUnavailableError(
-            "backend 'tensorrt' is not available in this version of dve_perception; use "
-            "backend torch (device cuda on a GPU) or onnxruntime, or set fallback_backend"
-        )
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
+    if backend == "torch" and config.device.startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailableError(
             f"device {config.device!r} requested but torch sees no CUDA device; set device "
             "to cpu, or install a CUDA build of torch"
         )
     # Each backend takes only its own file, so a fallback is not refused for the other's.
-    weights = config.weights_path if backend == "torch" else ""
-    onnx_path = config.onnx_path if backend == "onnxruntime" else ""
+    files = {
+        "torch": config.weights_path,
+        "onnxruntime": config.onnx_path,
+        "tensorrt": config.engine_path,
+    }
+    path = files[backend]
+    device = config.device
+    if backend == "tensorrt" and not device.startswith("cuda"):
+        device = "cuda"  # TensorRT runs on the GPU whatever the torch device of the rest
     return NetworkChoice(
         variant=config.variant,
-        weights=Path(weights).expanduser() if weights else None,
+        weights=Path(path).expanduser() if backend == "torch" and path else None,
         backend=backend,
-        onnx_path=Path(onnx_path).expanduser() if onnx_path else None,
-        device=config.device if backend == "torch" else "cpu",
+        onnx_path=Path(path).expanduser() if backend == "onnxruntime" and path else None,
+        engine_path=Path(path).expanduser() if backend == "tensorrt" and path else None,
+        device=device,
+        precision=config.precision if backend == "torch" else "fp32",
+        cuda_graphs=config.cuda_graphs if backend == "torch" else False,
         models_dir=models_dir(config),
         trusted=config.trust_checkpoint,
     )

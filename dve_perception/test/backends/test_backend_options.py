@@ -233,10 +233,15 @@ def test_make_backend_passes_the_torch_options_and_hands_tensorrt_its_plan(monke
 
     created = {}
     fake = types.ModuleType("dve_perception.backends.tensorrt_backend")
-    fake.TensorRTBackend = lambda path, *, device: created.update(path=path, device=device) or "trt"
+    fake.TensorRTBackend = lambda path, *, device, io: (
+        created.update(path=path, device=device, io=io) or "trt"
+    )
     monkeypatch.setitem(sys.modules, "dve_perception.backends.tensorrt_backend", fake)
-    assert make_backend("tensorrt", engine_path="e.plan", device="cuda:1") == "trt"
-    assert created == {"path": "e.plan", "device": "cuda:1"}
+    for has_cuda, io in ((True, "torch"), (False, "pycuda")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda has_cuda=has_cuda: has_cuda)
+        assert make_backend("tensorrt", engine_path="e.plan", device="cuda:1") == "trt"
+        # Without CUDA torch the engine's buffers come from pycuda.
+        assert created == {"path": "e.plan", "device": "cuda:1", "io": io}
 
 
 @pytest.mark.gpu

@@ -127,6 +127,7 @@ def test_an_engine_whose_outputs_disagree_with_its_sidecar_is_refused(tmp_path, 
 
 def test_without_tensorrt_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
+    (tmp_path / "x.plan").write_bytes(b"plan")
     with pytest.raises(BackendUnavailableError, match="tensorrt Python module.*JetPack"):
         TensorRTBackend(tmp_path / "x.plan")
 

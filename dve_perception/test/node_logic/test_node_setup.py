@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -35,22 +36,38 @@ def test_the_configured_onnxruntime_backend_runs(tiny_onnx):
     assert network.pipeline.embedding_dim == 16
 
 
-def test_tensorrt_without_a_fallback_fails_with_the_alternatives():
-    config = PerceptionNodeConfig(backend="tensorrt", engine_path="model.plan")
-    with pytest.raises(BackendUnavailableError, match="backend 'tensorrt' is not available"):
+@pytest.fixture
+def plan(tmp_path, monkeypatch):
+    """A plan file on a machine without TensorRT (blocked even where it is installed)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    path = tmp_path / "model.plan"
+    path.write_bytes(b"plan")
+    return str(path)
+
+
+def test_tensorrt_without_a_fallback_fails_saying_how_to_install_it(plan):
+    config = PerceptionNodeConfig(backend="tensorrt", engine_path=plan)
+    with pytest.raises(BackendUnavailableError, match="need the tensorrt Python module"):
         build_network(config)
 
 
-def test_an_unavailable_backend_falls_back_and_records_why(tiny_onnx, caplog):
+def test_a_missing_plan_is_named_before_anything_else(tmp_path):
+    missing = tmp_path / "none.plan"
+    config = PerceptionNodeConfig(backend="tensorrt", engine_path=str(missing))
+    with pytest.raises(DvePerceptionError, match="none.plan does not exist"):
+        build_network(config)
+
+
+def test_an_unavailable_backend_falls_back_and_records_why(plan, tiny_onnx, caplog):
     config = PerceptionNodeConfig(
         backend="tensorrt",
-        engine_path="model.plan",
+        engine_path=plan,
         fallback_backend="onnxruntime",
         onnx_path=str(tiny_onnx),
     )
     network = build_network(config)
     assert network.backend == "onnxruntime"
-    assert network.provenance["fallback_from"].startswith("tensorrt: backend 'tensorrt'")
+    assert network.provenance["fallback_from"].startswith("tensorrt: TensorRT engines need")
     assert "falling back to 'onnxruntime'" in caplog.text
 
 
