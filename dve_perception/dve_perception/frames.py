@@ -20,6 +20,7 @@ from dve_perception.errors import InputError
 __all__ = [
     "EmbeddingFrame",
     "RGBDFrame",
+    "resample_frame",
     "sample_depth_at_centres",
     "scale_intrinsics",
     "to_embedding_frame",
@@ -189,6 +190,29 @@ def to_embedding_frame(frame: RGBDFrame, embedding: torch.Tensor) -> EmbeddingFr
         embedding=embedding,
         depth_m=sample_depth_at_centres(depth, (h, w)),
         K=scale_intrinsics(frame.K, w / W, h / H),
+        stamp_ns=frame.stamp_ns,
+        frame_id=frame.frame_id,
+        T_world_cam=frame.T_world_cam,
+    )
+
+
+def resample_frame(frame: EmbeddingFrame, embedding: torch.Tensor) -> EmbeddingFrame:
+    """Pair another embedding of the same view, e.g. a downsampled one, with depth and K.
+
+    Args:
+        frame: the frame the embedding was derived from.
+        embedding: (D, h', w') embedding covering the same image as `frame.embedding`.
+
+    Returns:
+        The frame with `embedding`, depth sampled at its pixel centres and K scaled to (h', w').
+    """
+    if not isinstance(embedding, torch.Tensor) or embedding.ndim != 3:
+        raise InputError(f"embedding must be a (D, h, w) tensor, got {_describe(embedding)}")
+    (h, w), (new_h, new_w) = frame.embedding.shape[1:], embedding.shape[1:]
+    return EmbeddingFrame(
+        embedding=embedding,
+        depth_m=sample_depth_at_centres(frame.depth_m.to(embedding.device), (new_h, new_w)),
+        K=scale_intrinsics(frame.K, new_w / w, new_h / h),
         stamp_ns=frame.stamp_ns,
         frame_id=frame.frame_id,
         T_world_cam=frame.T_world_cam,

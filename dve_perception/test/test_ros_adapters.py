@@ -321,6 +321,55 @@ def test_perception_node_publishes_embeddings_that_the_mapping_node_fuses(ros):
     mapping.shutdown()
 
 
+def test_a_fused_export_publishes_its_own_downsampled_embedding_and_labels(
+    ros, tmp_path, monkeypatch
+):
+    import torch
+
+    from dve_perception import msg_embedding
+    from dve_perception.backends.fused_outputs import FusedOutputs
+    from dve_perception.backends.onnx_export import export_onnx
+    from dve_perception.model import build_dveformer
+    from dve_perception.model.dveformer import TINY_TEST_CONFIG
+    from dve_perception.msg_outputs import msg_to_embedding_frame
+    from dve_perception.ros.perception_node import PerceptionNode
+    from dve_perception.ros.ros_types import MSG
+
+    path = tmp_path / "fused.onnx"
+    model = build_dveformer(dataclasses.replace(TINY_TEST_CONFIG, embedding_dim=768))
+    fused = FusedOutputs(
+        normalize=True, half=True, num_classes=2, argmax=True, publish_size=(8, 12)
+    )
+    prototypes = torch.nn.functional.normalize(torch.randn(2, 768), dim=1)
+    export_onnx(
+        model,
+        path,
+        height=H,
+        width=W,
+        fused=fused,
+        prototypes=prototypes,
+        class_names=["wall", "floor"],
+    )
+
+    def must_not_downsample(*args, **kwargs):
+        raise AssertionError("the node downsampled although the graph had done it")
+
+    monkeypatch.setattr(msg_embedding, "downsample_unit_embedding", must_not_downsample)
+    ros.overrides.update(
+        onnx_path=str(path), embedding_rate_hz=0.0, embedding_height=8, embedding_width=12
+    )
+    perception = PerceptionNode()
+    feed(ros, perception, rgbd(MSG, STAMP_NS))
+    [msg] = wait_for(ros, perception, lambda: ros.published(perception, "embedding"))
+    [labels] = wait_for(ros, perception, lambda: ros.published(perception, "segmentation"))
+    perception.shutdown()
+    frame = msg_to_embedding_frame(msg)
+    assert tuple(frame.embedding.shape) == (768, 8, 12)
+    np.testing.assert_allclose(frame.embedding.norm(dim=0).numpy(), 1.0, atol=1e-2)
+    values = np.frombuffer(bytes(labels.data), dtype=np.uint16)
+    assert (labels.height, labels.width) == (H, W) and values.max() < 2
+
+
 def test_run_node_reports_a_config_error_in_one_line_and_returns_1(fake, capsys):
     from dve_perception.ros.node_main import run_node
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dve_perception.errors import InputError
 from dve_perception.frames import EmbeddingFrame, RGBDFrame
@@ -27,7 +28,7 @@ from dve_perception.msg_conversions import (
 )
 from dve_perception.node_config import PerceptionNodeConfig
 from dve_perception.node_logic.stats import StampRateLimiter
-from dve_perception.pipeline import FrameEmbedder
+from dve_perception.pipeline import FrameEmbedder, PipelineOutputs
 from dve_perception.postprocess import class_scores, segment
 from dve_perception.visualization import PcaBasis, fit_pca, label_colors, pca_colors
 
@@ -47,6 +48,8 @@ class PerceptionOutputs:
         labels_color: (H, W, 3) uint8 colours of `labels`, or None.
         pca: (h, w, 3) uint8 PCA preview at the output resolution, or None.
         publish_embedding: whether this frame is due on the embedding topic.
+        publish: the graph's downsampled embedding frame to publish as it is, or None (then
+            the publisher downsamples `embedding`).
     """
 
     embedding: EmbeddingFrame
@@ -54,6 +57,7 @@ class PerceptionOutputs:
     labels_color: np.ndarray | None
     pca: np.ndarray | None
     publish_embedding: bool
+    publish: EmbeddingFrame | None = None
 
 
 def frame_from_messages(color: Any, depth: Any, info: Any) -> RGBDFrame:
@@ -93,8 +97,10 @@ class PerceptionWorker:
 
     Args:
         pipeline: the perception stage (`PerceptionPipeline`, or any `FrameEmbedder`).
-        prototypes: (K, D) unit class prototypes for the segmentation, or None for none.
-        class_names: the K class names (for logs and diagnostics).
+        prototypes: (K, D) unit class prototypes for the segmentation, or None for none. Not
+            needed when the pipeline's graph computes class scores or labels itself.
+        class_names: the K class names; a graph with fused class outputs brings its own
+            (`PerceptionPipeline.class_names`), which then take precedence.
         config: the node's settings (what to publish, the embedding rate).
     """
 
@@ -107,14 +113,18 @@ class PerceptionWorker:
         class_names: list[str],
         config: PerceptionNodeConfig,
     ) -> None:
-        if prototypes is not None:
-            if prototypes.ndim != 2 or prototypes.shape[0] != len(class_names):
-                raise InputError(
-                    f"prototypes must be ({len(class_names)}, D) for {len(class_names)} class "
-                    f"names, got {tuple(prototypes.shape)}"
-                )
-            if len(class_names) > _MAX_CLASSES:
-                raise InputError(f"{len(class_names)} classes do not fit a mono16 label image")
+        fused_names = tuple(getattr(pipeline, "class_names", ()))
+        if fused_names:
+            prototypes, class_names = None, list(fused_names)
+        if prototypes is not None and (
+            prototypes.ndim != 2 or prototypes.shape[0] != len(class_names)
+        ):
+            raise InputError(
+                f"prototypes must be ({len(class_names)}, D) for {len(class_names)} class "
+                f"names, got {tuple(prototypes.shape)}"
+            )
+        if len(class_names) > _MAX_CLASSES:
+            raise InputError(f"{len(class_names)} classes do not fit a mono16 label image")
         self.pipeline = pipeline
         self.prototypes = prototypes
         self.class_names = list(class_names)
@@ -126,25 +136,48 @@ class PerceptionWorker:
         """Embed one frame and make its segmentation and preview images.
 
         Raises:
-            InputError: the frame does not fit the network (see `PerceptionPipeline.embed`).
+            InputError: the frame does not fit the network (see `PerceptionPipeline.embed`),
+                or the graph's class outputs do not match the class names.
         """
-        embedded = self.pipeline.embed(frame)
+        run = getattr(self.pipeline, "run", None)
+        out = run(frame) if run is not None else PipelineOutputs(self.pipeline.embed(frame))
         labels = colors = pca = None
         with torch.no_grad():
-            if self.config.publish_segmentation and self.prototypes is not None:
-                labels, colors = self._segment(embedded.embedding, frame.size)
+            if self.config.publish_segmentation:
+                labels = self._labels(out, frame.size)
+                if labels is not None:
+                    colors = label_colors(labels, len(self.class_names))
             if self.config.publish_previews:
-                pca = self._pca(embedded.embedding)
+                pca = self._pca(out.embedding.embedding)
         due = self.config.publish_embedding and self._embedding_rate.allow(frame.stamp_ns)
-        return PerceptionOutputs(embedded, labels, colors, pca, due)
+        return PerceptionOutputs(out.embedding, labels, colors, pca, due, out.publish)
 
-    def _segment(
-        self, embedding: torch.Tensor, size: tuple[int, int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        prototypes = self.prototypes.to(device=embedding.device, dtype=embedding.dtype)
-        scores = class_scores(embedding[None], prototypes)
-        labels = segment(scores, size).labels[0].to(torch.int32).cpu().numpy()
-        return labels.astype(np.uint16), label_colors(labels, len(self.class_names))
+    def _labels(self, out: PipelineOutputs, size: tuple[int, int]) -> np.ndarray | None:
+        """Class ids at the input size: from the graph's scores or labels, else prototypes."""
+        if out.scores is not None:
+            self._check_classes(out.scores.shape[0])
+            labels = segment(out.scores[None].float(), size).labels[0]
+        elif out.labels is not None:
+            # Labels only (no scores): nearest upsampling, the best a label image allows.
+            upsampled = F.interpolate(out.labels[None, None].float(), size=size, mode="nearest")
+            labels = upsampled[0, 0].round()
+            self._check_classes(int(labels.max()) + 1 if labels.numel() else 0, at_most=True)
+        elif self.prototypes is not None:
+            embedding = out.embedding.embedding
+            prototypes = self.prototypes.to(device=embedding.device, dtype=embedding.dtype)
+            scores = class_scores(embedding[None], prototypes)
+            labels = segment(scores.float(), size).labels[0]
+        else:
+            return None
+        return labels.to(torch.int32).cpu().numpy().astype(np.uint16)
+
+    def _check_classes(self, count: int, *, at_most: bool = False) -> None:
+        expected = len(self.class_names)
+        if count > expected if at_most else count != expected:
+            raise InputError(
+                f"the network's graph scores {count} classes but {expected} class names are "
+                "known; export with --vocabulary so the names travel in the file's metadata"
+            )
 
     def _pca(self, embedding: torch.Tensor) -> np.ndarray:
         if self._basis is None:

@@ -68,7 +68,9 @@ class PerceptionAdapter:
         if "fallback_from" in network.provenance:
             node.get_logger().warning(f"running on the fallback backend {network.backend!r}")
         names = class_names(config)
-        segment = config.publish_segmentation and encoder is not None
+        # A graph with fused class scores brings its own vocabulary; otherwise encode ours.
+        fused = bool(network.pipeline.class_names)
+        segment = config.publish_segmentation and encoder is not None and not fused
         prototypes = encoder.encode(names) if segment else None
         self._worker = PerceptionWorker(network.pipeline, prototypes, names, config)
         self._slot: LatestSlot = LatestSlot()
@@ -168,7 +170,12 @@ class PerceptionAdapter:
     def _publish_embedding(self, outputs: PerceptionOutputs) -> None:
         if outputs.publish_embedding and "embedding" in self._publishers:
             size = (self._config.embedding_height, self._config.embedding_width)
-            message = embedding_frame_to_msg(outputs.embedding, MSG, size=size)
+            publish = outputs.publish
+            if publish is not None and tuple(publish.embedding.shape[1:]) == size:
+                # The graph downsampled it already (fused `embedding_publish` output).
+                message = embedding_frame_to_msg(publish, MSG)
+            else:
+                message = embedding_frame_to_msg(outputs.embedding, MSG, size=size)
             self._publishers["embedding"].publish(message)
 
     def _diagnose(self, stat: DiagnosticStatusWrapper) -> DiagnosticStatusWrapper:
