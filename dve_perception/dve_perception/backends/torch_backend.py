@@ -8,7 +8,8 @@ shape, after warm-up on a side stream (torch.cuda.graphs), and replayed afterwar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -97,6 +98,12 @@ class TorchBackend(InferenceBackend):
                     "cuda", dtype=torch.float16, cache_enabled=not self.cuda_graphs
                 ):
                     raw = self._graph.model(rgb, depth)
+            elif self.device.type == "cuda":
+                # fp32 means fp32: cuDNN convolutions default to TF32 on Ampere and newer GPUs
+                # (Orin included), which would make "fp32" differ from the CPU and from a
+                # TensorRT fp32 engine (built with TF32 off) by ~1e-3.
+                with _no_tf32():
+                    raw = self._graph.model(rgb, depth)
             else:
                 raw = self._graph.model(rgb, depth)
             return self._graph.heads(raw)
@@ -113,6 +120,22 @@ class TorchBackend(InferenceBackend):
         super().close()
         self._graph = None
         self._captured = None
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled,
+            benchmark=torch.backends.cudnn.benchmark,
+            deterministic=torch.backends.cudnn.deterministic,
+            allow_tf32=False,
+        ):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def _check_options(device: torch.device, precision: str, cuda_graphs: bool) -> None:
