@@ -1,18 +1,33 @@
 #!/usr/bin/env python3
-"""CPU inference benchmark: DVEFormer forward in PyTorch and ONNX Runtime, pre/postprocessing.
+"""Inference benchmark: DVEFormer in PyTorch, ONNX Runtime and TensorRT, with fused outputs or not.
 
-Prints one table. Each case runs in its own subprocess so its peak memory (VmHWM) is its own;
-times are medians over --repeats runs after one warm-up, and every row is also given as a ratio to
-the PyTorch forward of the same variant measured in the same invocation (absolute times on a
-shared 2-core machine are noisy, ratios much less so). Weights are generated (same cost as the
-published ones).
+CPU (`--device cpu`, the default where torch sees no GPU): PyTorch and ONNX Runtime forward of
+each variant at 480x640, each with the official raw fp32 output and with fused outputs (unit fp16
+embedding, 40 class scores and labels, a downsampled embedding to publish: 60x80 reduced-res,
+120x160 full-res), plus preprocessing and postprocessing; frames/s and the time as a ratio to the
+PyTorch fp32 forward of the same variant, and the bytes per frame of all outputs and of what a
+node copies (the raw embedding without fusion; labels and the publish embedding with it).
 
-    python benchmarks/bench_inference.py [--repeats 3] [--variants reducedres fullres]
+GPU (`--device cuda`, the default where torch sees one; about 3 minutes): PyTorch fp32 eager
+(NCHW) against fp16 (channels-last), fp16 + CUDA graphs, fp16 + CUDA graphs + fused outputs,
+ONNX Runtime's CUDA provider (when installed) and a TensorRT fp16 engine (when tensorrt imports;
+engines are cached in --engine-cache, the first build takes minutes), batch 1, CUDA-synchronised
+median times; and the end-to-end perception step (`PerceptionPipeline` plus the perception
+worker's segmentation and PCA preview) as a ratio to bare inference of the same backend. The
+targets are printed next to the ratios.
+
+Each case runs in its own subprocess, so its peak memory (VmHWM) and CUDA state are its own;
+ratios within one invocation are much less noisy than absolute times on a shared machine.
+Weights are generated (same cost as the published ones), prototypes are random unit vectors.
+
+    python benchmarks/bench_inference.py [--device auto|cpu|cuda] [--repeats N] [--quick]
+        [--variants reducedres fullres] [--engine-cache DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import statistics
@@ -23,7 +38,12 @@ import time
 from pathlib import Path
 
 HEIGHT, WIDTH = 480, 640
-N_CLASSES = 40  # NYUv2's vocabulary, the default of the sample command
+N_CLASSES = 40  # NYUv2's vocabulary, the default of the sample command and the node
+PUBLISH_SIZE = {"reducedres": (60, 80), "fullres": (120, 160)}
+TARGET_FP16_SPEEDUP = 2.0  # fp16 path at least 2x the fp32 eager path
+TARGET_E2E_RATIO = 1.15  # end to end at most 1.15x bare inference
+CPU_REPEATS, GPU_REPEATS, GPU_WARMUP = 3, 30, 5
+COPIED = {False: ("dense_visual_embedding_decoder_0",), True: ("class_labels", "embedding_publish")}
 
 
 def _peak_rss_mb() -> float:
@@ -34,13 +54,21 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB, non-Linux
 
 
-def _time(fn, repeats: int) -> list[float]:
-    fn()  # warm-up: allocator, oneDNN primitive caches, ORT session init paths
+def _time(fn, repeats: int, device: str) -> list[float]:
+    """Seconds per call after warm-up; on CUDA, synchronised before and after each call."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(GPU_WARMUP if cuda else 1):  # allocator, kernel choice, graph capture
+        fn()
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        sync()
+        start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t)
+        sync()
+        times.append(time.perf_counter() - start)
     return times
 
 
@@ -53,152 +81,331 @@ def _model(variant: str):
     return model
 
 
-def _inputs():
-    import torch
+def _fused(variant: str, on: bool):
+    from dve_perception.backends.fused_outputs import FusedOutputs
 
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(1, 3, HEIGHT, WIDTH, generator=gen), torch.randn(
-        1, 1, HEIGHT, WIDTH, generator=gen
+    if not on:
+        return FusedOutputs()
+    return FusedOutputs(
+        normalize=True,
+        half=True,
+        num_classes=N_CLASSES,
+        argmax=True,
+        publish_size=PUBLISH_SIZE[variant],
     )
 
 
-def run_case(case: str, variant: str, repeats: int, onnx_path: str | None) -> dict:
-    """Run one case in this process and return its timings and memory."""
-    import numpy as np
+def _prototypes():
     import torch
 
-    rgb, depth = _inputs()
-    if case == "torch":
-        model = _model(variant)
-        base = _peak_rss_mb()
+    protos = torch.randn(N_CLASSES, 768, generator=torch.Generator().manual_seed(2))
+    return protos / protos.norm(dim=1, keepdim=True)
 
-        def fn():
-            with torch.no_grad():
-                model(rgb, depth)
 
-    elif case == "onnxruntime":
-        import onnxruntime as ort
+def _inputs(device: str = "cpu"):
+    import torch
 
-        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-        feeds = {"rgb": rgb.numpy(), "depth": depth.numpy()}
-        base = _peak_rss_mb()
+    gen = torch.Generator().manual_seed(0)
+    rgb = torch.randn(1, 3, HEIGHT, WIDTH, generator=gen)
+    return rgb.to(device), torch.randn(1, 1, HEIGHT, WIDTH, generator=gen).to(device)
 
-        def fn():
-            session.run(None, feeds)
 
-    elif case == "preprocess":
+def _backend(spec: dict):
+    """The backend a case spec describes."""
+    fused = _fused(spec["variant"], spec.get("fused", False))
+    if spec["backend"] == "torch":
+        from dve_perception.backends.torch_backend import TorchBackend
+
+        return TorchBackend(
+            _model(spec["variant"]),
+            spec["device"],
+            precision=spec.get("precision", "fp32"),
+            channels_last=spec.get("channels_last"),
+            cuda_graphs=spec.get("cuda_graphs", False),
+            fused=fused,
+            prototypes=_prototypes() if fused.num_classes else None,
+        )
+    if spec["backend"] == "onnxruntime":
+        from dve_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(spec["onnx"], device=spec["device"])
+    from dve_perception.backends.tensorrt_backend import TensorRTBackend
+
+    return TensorRTBackend(spec["engine"], device=spec["device"])
+
+
+def _inference_case(spec: dict) -> tuple:
+    backend = _backend(spec)
+    # onnxruntime takes host arrays whichever provider runs; the others take device tensors.
+    rgb, depth = _inputs("cpu" if spec["backend"] == "onnxruntime" else spec["device"])
+    outputs = backend.infer_outputs(rgb, depth)
+    nbytes = {name: t.numel() * t.element_size() for name, t in outputs.items()}
+    extra = {
+        "out_mb": sum(nbytes.values()) / 1e6,
+        "copied_mb": sum(nbytes[n] for n in COPIED[spec.get("fused", False)]) / 1e6,
+    }
+    return (lambda: backend.infer_outputs(rgb, depth)), extra
+
+
+def _end_to_end_case(spec: dict) -> tuple:
+    """The perception step a node runs per frame, and bare inference of the same backend."""
+    import numpy as np
+
+    from dve_perception.frames import RGBDFrame
+    from dve_perception.node_config import PerceptionNodeConfig
+    from dve_perception.node_logic.perception_worker import PerceptionWorker
+    from dve_perception.pipeline import PerceptionPipeline
+
+    backend = _backend({**spec, "backend": "torch"})
+    names = [f"class {i}" for i in range(N_CLASSES)]
+    config = PerceptionNodeConfig(device=spec["device"], embedding_rate_hz=0.0)
+    worker = PerceptionWorker(PerceptionPipeline(backend), _prototypes(), names, config)
+    rng = np.random.default_rng(0)
+    frame = RGBDFrame(
+        rgb=rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8),
+        depth_m=rng.uniform(0.5, 5.0, (HEIGHT, WIDTH)).astype(np.float32),
+        K=np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]]),
+        stamp_ns=1,
+    )
+    rgb, depth = _inputs(spec["device"])
+    bare = statistics.median(
+        _time(lambda: backend.infer_outputs(rgb, depth), spec["repeats"], spec["device"])
+    )
+    return (lambda: worker.process(frame)), {"bare_s": bare}
+
+
+def _cpu_stage_case(spec: dict) -> tuple:
+    import torch
+
+    if spec["backend"] == "preprocess":
         from dve_perception.images import read_depth, read_rgb
         from dve_perception.preprocess import prepare_inputs
         from dve_perception.sample_inference import bundled_sample
 
         rgb_path, depth_path = bundled_sample()
         color, depth_mm = read_rgb(rgb_path), read_depth(depth_path)
-        base = _peak_rss_mb()
+        return (lambda: prepare_inputs(color, depth_mm)), {}
+    from dve_perception.postprocess import class_scores, segment
 
-        def fn():
-            prepare_inputs(color, depth_mm)
+    stride = 1 if spec["variant"] == "fullres" else 4
+    embedding = torch.randn(1, 768, HEIGHT // stride, WIDTH // stride)
+    prototypes = _prototypes()
+    # To the sample's camera resolution, as the sample command does.
+    return (lambda: segment(class_scores(embedding, prototypes), (1080, 1440))), {}
 
-    elif case == "postprocess":
-        from dve_perception.postprocess import class_scores, segment
 
-        stride = 1 if variant == "fullres" else 4
-        embedding = torch.randn(1, 768, HEIGHT // stride, WIDTH // stride)
-        prototypes = torch.randn(N_CLASSES, 768)
-        base = _peak_rss_mb()
+def run_case(spec: dict) -> dict:
+    """Run one case in this process and return its timings and memory."""
+    import numpy as np
+    import torch
 
-        def fn():
-            # To the sample's camera resolution, as the sample command does.
-            segment(class_scores(embedding, prototypes), (1080, 1440))
-
+    if spec["backend"] in ("preprocess", "postprocess"):
+        fn, extra = _cpu_stage_case(spec)
+    elif spec["backend"] == "end-to-end":
+        fn, extra = _end_to_end_case(spec)
     else:
-        raise ValueError(case)
-    times = _time(fn, repeats)
+        fn, extra = _inference_case(spec)
+    cuda = spec["device"].startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base = _peak_rss_mb()
+    times = _time(fn, spec["repeats"], spec["device"])
     return {
+        **extra,
         "median_s": statistics.median(times),
-        "min_s": min(times),
         "peak_rss_mb": _peak_rss_mb(),
         "run_rss_mb": _peak_rss_mb() - base,
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 1e6 if cuda else None,
         "threads": torch.get_num_threads(),
         "numpy": np.__version__,
     }
 
 
-def _subprocess(case: str, variant: str, repeats: int, onnx_path: str | None) -> dict:
-    cmd = [sys.executable, __file__, "--_case", case, "--_variant", variant]
-    cmd += ["--repeats", str(repeats)] + (["--_onnx", onnx_path] if onnx_path else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+def _subprocess(spec: dict) -> dict:
+    cmd = [sys.executable, __file__, "--_spec", json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"case {spec} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _export(variant: str, folder: Path) -> tuple[str, float]:
+def _export(variant: str, fused: bool, folder: Path) -> str:
     from dve_perception.backends.onnx_export import export_onnx
 
-    path = folder / f"{variant}.onnx"
-    t = time.perf_counter()
-    export_onnx(_model(variant), path, height=HEIGHT, width=WIDTH)
-    return str(path), time.perf_counter() - t
+    path = folder / f"{variant}{'_fused' if fused else ''}.onnx"
+    start = time.perf_counter()
+    export_onnx(
+        _model(variant),
+        path,
+        height=HEIGHT,
+        width=WIDTH,
+        fused=_fused(variant, fused),
+        prototypes=_prototypes() if fused else None,
+    )
+    print(f"# exported {path.name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return str(path)
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def cpu_table(variants: list[str], repeats: int, folder: Path) -> None:
+    rows = []
+    for variant in variants:
+        base = {"variant": variant, "device": "cpu", "repeats": repeats}
+        torch_rows, ort_rows = [], []
+        for fused in (False, True):
+            spec = {**base, "fused": fused}
+            torch_rows.append(_subprocess({**spec, "backend": "torch"}))
+            onnx = _export(variant, fused, folder)
+            ort_rows.append(_subprocess({**spec, "backend": "onnxruntime", "onnx": onnx}))
+        stages = [
+            _subprocess({**base, "backend": stage}) for stage in ("preprocess", "postprocess")
+        ]
+        labels = [
+            "torch fp32 (baseline)",
+            "torch fp32 + fused outputs",
+            "onnxruntime",
+            "onnxruntime + fused outputs",
+            "preprocess 1080x1440 -> 480x640",
+            f"postprocess {N_CLASSES} classes -> 1080x1440",
+        ]
+        results = [torch_rows[0], torch_rows[1], ort_rows[0], ort_rows[1], *stages]
+        rows += [
+            (variant, label, res, torch_rows[0]) for label, res in zip(labels, results, strict=True)
+        ]
+    print(
+        f"CPU, {HEIGHT}x{WIDTH}, batch 1, {rows[0][2]['threads']} threads, median of {repeats} "
+        f"runs after 1 warm-up, numpy {rows[0][2]['numpy']}; fused: unit fp16 embedding, "
+        f"{N_CLASSES} class scores + labels, publish {PUBLISH_SIZE}"
+    )
+    header = (
+        f"| {'variant':<10} | {'case':<36} | {'median ms':>9} | {'frames/s':>8} | "
+        f"{'x torch':>7} | {'out MB':>7} | {'copied MB':>9} | {'peak RSS MB':>11} |"
+    )
+    print(header)
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
+    for variant, case, res, base in rows:
+        print(
+            f"| {variant:<10} | {case:<36} | {res['median_s'] * 1e3:>9.1f} | "
+            f"{1 / res['median_s']:>8.2f} | {res['median_s'] / base['median_s']:>7.3f} | "
+            f"{_mb(res.get('out_mb')):>7} | {_mb(res.get('copied_mb')):>9} | "
+            f"{res['peak_rss_mb']:>11.0f} |"
+        )
+
+
+def _gpu_cases(variant: str, repeats: int, folder: Path, engine_cache: Path) -> list:
+    """(label, spec or a reason it is skipped, fp16 path?) in table order."""
+    base = {"variant": variant, "device": "cuda", "repeats": repeats, "backend": "torch"}
+    fp16 = {**base, "precision": "fp16", "channels_last": True}
+    cases = [
+        ("torch fp32 eager, NCHW (baseline)", {**base, "channels_last": False}, False),
+        ("torch fp16, channels-last", fp16, True),
+        ("torch fp16 + CUDA graphs", {**fp16, "cuda_graphs": True}, True),
+        ("torch fp16 + CUDA graphs + fused", {**fp16, "cuda_graphs": True, "fused": True}, True),
+    ]
+    try:
+        import onnxruntime as ort
+
+        has_ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        has_ort_cuda = False
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    onnx = _export(variant, False, folder) if has_ort_cuda or has_trt else None
+    ort_spec = {**base, "backend": "onnxruntime", "onnx": onnx}
+    cases.append(("onnxruntime CUDA fp32", ort_spec if has_ort_cuda else "no CUDA provider", False))
+    if has_trt:
+        from dve_perception.backends.engine_build import ensure_engine
+
+        cached = ensure_engine(onnx, engine_cache, precision="fp16")
+        if cached.built:
+            print(f"# built {cached.plan_path} in {cached.seconds:.0f} s", file=sys.stderr)
+        trt = {**base, "backend": "tensorrt", "engine": str(cached.plan_path)}
+    else:
+        trt = "tensorrt not installed"
+    cases.append(("TensorRT fp16", trt, True))
+    return cases
+
+
+def gpu_table(variants: list[str], repeats: int, folder: Path, engine_cache: Path) -> None:
+    import torch
+
+    print(
+        f"GPU {torch.cuda.get_device_name()}, {HEIGHT}x{WIDTH}, batch 1, median of {repeats} "
+        f"CUDA-synchronised runs after {GPU_WARMUP} warm-ups; speed-up vs fp32 eager, target "
+        f">= {TARGET_FP16_SPEEDUP:g}x for fp16 paths"
+    )
+    header = (
+        f"| {'variant':<10} | {'case':<36} | {'median ms':>9} | {'frames/s':>8} | "
+        f"{'speed-up':>8} | {'target':>6} | {'torch GPU MB':>12} | {'copied MB':>9} |"
+    )
+    print(header)
+    print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
+    summary = []
+    for variant in variants:
+        baseline = None
+        for label, spec, is_fp16 in _gpu_cases(variant, repeats, folder, engine_cache):
+            if isinstance(spec, str):
+                print(f"| {variant:<10} | {label:<36} | skipped: {spec}")
+                continue
+            res = _subprocess(spec)
+            baseline = baseline or res
+            speedup = baseline["median_s"] / res["median_s"]
+            met = "-" if not is_fp16 else ("met" if speedup >= TARGET_FP16_SPEEDUP else "MISS")
+            print(
+                f"| {variant:<10} | {label:<36} | {res['median_s'] * 1e3:>9.2f} | "
+                f"{1 / res['median_s']:>8.1f} | {speedup:>7.2f}x | {met:>6} | "
+                f"{_mb(res['gpu_peak_mb']):>12} | {_mb(res['copied_mb']):>9} |"
+            )
+        e2e_spec = {"variant": variant, "device": "cuda", "repeats": repeats}
+        e2e_spec.update(backend="end-to-end", precision="fp16", cuda_graphs=True, fused=True)
+        e2e = _subprocess(e2e_spec)
+        ratio = e2e["median_s"] / e2e["bare_s"]
+        verdict = "met" if ratio <= TARGET_E2E_RATIO else "MISS"
+        summary.append(
+            f"{variant}: end to end (pipeline + segmentation + PCA, fp16 + CUDA graphs + fused) "
+            f"{e2e['median_s'] * 1e3:.1f} ms = {ratio:.2f}x bare inference "
+            f"({e2e['bare_s'] * 1e3:.1f} ms); target <= {TARGET_E2E_RATIO}x: {verdict}"
+        )
+    print("\n".join(summary))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--repeats", type=int, help=f"timed runs per case ({CPU_REPEATS} CPU, {GPU_REPEATS} GPU)"
+    )
     parser.add_argument("--variants", nargs="+", default=["reducedres", "fullres"])
-    parser.add_argument("--_case", help=argparse.SUPPRESS)
-    parser.add_argument("--_variant", help=argparse.SUPPRESS)
-    parser.add_argument("--_onnx", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="reduced-res only, fewer repeats")
+    parser.add_argument(
+        "--engine-cache",
+        type=Path,
+        default=Path.home() / ".cache" / "dve_perception" / "bench_engines",
+        help="folder of the TensorRT engines (reused while the export and GPU stay the same)",
+    )
+    parser.add_argument("--_spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args._case:
-        print(json.dumps(run_case(args._case, args._variant, args.repeats, args._onnx)))
+    if args._spec:
+        print(json.dumps(run_case(json.loads(args._spec))))
         return
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for variant in args.variants:
-            onnx_path, export_s = _export(variant, Path(tmp))
-            baseline = _subprocess("torch", variant, args.repeats, None)
-            rows.append((variant, "torch forward (baseline)", baseline, baseline))
-            rows.append(
-                (
-                    variant,
-                    "onnxruntime forward",
-                    _subprocess("onnxruntime", variant, args.repeats, onnx_path),
-                    baseline,
-                )
-            )
-            rows.append(
-                (
-                    variant,
-                    "preprocess 1080x1440 -> 480x640",
-                    _subprocess("preprocess", variant, args.repeats, None),
-                    baseline,
-                )
-            )
-            rows.append(
-                (
-                    variant,
-                    f"postprocess {N_CLASSES} classes -> 1080x1440",
-                    _subprocess("postprocess", variant, args.repeats, None),
-                    baseline,
-                )
-            )
-            print(f"# {variant}: ONNX export took {export_s:.1f} s", file=sys.stderr)
+    import torch
 
-    print(
-        f"CPU, {HEIGHT}x{WIDTH}, batch 1, {rows[0][2]['threads']} threads, "
-        f"median of {args.repeats} runs after 1 warm-up, numpy {rows[0][2]['numpy']}"
-    )
-    header = (
-        f"| {'variant':<10} | {'case':<36} | {'median ms':>9} | {'x torch':>7} | "
-        f"{'peak RSS MB':>11} | {'run +MB':>7} |"
-    )
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for variant, case, res, base in rows:
-        print(
-            f"| {variant:<10} | {case:<36} | {res['median_s'] * 1e3:>9.1f} | "
-            f"{res['median_s'] / base['median_s']:>7.3f} | {res['peak_rss_mb']:>11.0f} | "
-            f"{res['run_rss_mb']:>7.0f} |"
-        )
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device (use --device cpu)")
+    variants = ["reducedres"] if args.quick else args.variants
+    gpu = device == "cuda"
+    repeats = args.repeats or ((GPU_REPEATS if gpu else CPU_REPEATS) // (3 if args.quick else 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        if gpu:
+            gpu_table(variants, repeats, Path(tmp), args.engine_cache)
+        else:
+            cpu_table(variants, repeats, Path(tmp))
 
 
 if __name__ == "__main__":
