@@ -90,6 +90,27 @@ def import_tensorrt() -> ModuleType:
         ) from err
 
 
+def _this_machine_key(
+    onnx_path: str | Path,
+    precision: str,
+    max_batch: int,
+    trt: ModuleType | None,
+    platform: Platform | None,
+) -> tuple[ModuleType, EngineKey]:
+    """The tensorrt module and the key of an engine for `onnx_path` built here."""
+    trt = trt if trt is not None else import_tensorrt()
+    platform = platform if platform is not None else engine_cache.platform_info()
+    key = current_key(
+        onnx_path,
+        precision,
+        trt_version=trt.__version__,
+        device_name=platform.gpu_name,
+        capability=platform.compute_capability,
+        max_batch=max_batch,
+    )
+    return trt, key
+
+
 def _check_options(precision: str, workspace_gb: float, max_batch: int) -> None:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
@@ -137,16 +158,7 @@ def build_engine(
     """
     _check_options(precision, workspace_gb, max_batch)
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
-    trt = trt if trt is not None else import_tensorrt()
-    platform = platform if platform is not None else engine_cache.platform_info()
-    key = current_key(
-        onnx_path,
-        precision,
-        trt_version=trt.__version__,
-        device_name=platform.gpu_name,
-        capability=platform.compute_capability,
-        max_batch=max_batch,
-    )
+    trt, key = _this_machine_key(onnx_path, precision, max_batch, trt, platform)
     _LOG.info("building a %s TensorRT engine from %s (may take minutes)", precision, onnx_path)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -299,16 +311,7 @@ def ensure_engine(
     _check_options(precision, workspace_gb, max_batch)
     if force and not build:
         raise ConfigError("force=True rebuilds the engine, which build=False forbids; pick one")
-    trt = trt if trt is not None else import_tensorrt()
-    platform = platform if platform is not None else engine_cache.platform_info()
-    key = current_key(
-        onnx_path,
-        precision,
-        trt_version=trt.__version__,
-        device_name=platform.gpu_name,
-        capability=platform.compute_capability,
-        max_batch=max_batch,
-    )
+    trt, key = _this_machine_key(onnx_path, precision, max_batch, trt, platform)
     plan = plan_path(cache_dir, key, Path(onnx_path).stem)
     if not force:
         reused = _reuse(plan, key, build)
