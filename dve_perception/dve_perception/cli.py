@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from dve_perception import __version__
 from dve_perception.cli_engine import add_build_engine_parser
+from dve_perception.cli_evaluate import add_evaluate_parser
 from dve_perception.cli_maps import add_demo_parser, add_query_parser, add_replay_parser
 from dve_perception.errors import ConfigError, DvePerceptionError
 
@@ -370,6 +371,7 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_export_onnx_parser,
     add_build_engine_parser,
     _add_weights_parser,
+    add_evaluate_parser,
 )
 
 

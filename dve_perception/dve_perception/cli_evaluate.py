@@ -1,0 +1,108 @@
+"""`dve-perception evaluate`: 2D segmentation mIoU on a dataset in the documented layout.
+
+Argument parsing and reporting only; `evaluation.segmentation_eval` does the work. The network
+options are those of `replay` (`cli_maps`), so the same files give the same network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from dve_perception.cli_maps import _add_network_arguments, _network_choice
+from dve_perception.errors import ConfigError, InputError
+
+__all__ = ["add_evaluate_parser", "read_prototypes_file"]
+
+_LOG = logging.getLogger("dve_perception.cli")
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `evaluate`."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="segmentation mIoU of DVEFormer on a labelled RGB-D dataset",
+        description=(
+            "Segment every sample of a dataset split (layout: docs/datasets.md) with text "
+            "prototypes, visual-mean prototypes from a file, or a linear-probing head, and print "
+            "per-class IoU and mIoU with the official protocol (void ignored)."
+        ),
+    )
+    parser.add_argument("dataset", type=Path, help="dataset root (classes.txt, splits/, rgb/, ...)")
+    parser.add_argument("--split", default="val", help="split file name (default: %(default)s)")
+    parser.add_argument(
+        "--prototypes",
+        default="text",
+        metavar="text|FILE",
+        help="'text' (CLIP text prototypes of the class names) or a file with a (K, D) tensor "
+        "(.pt or .npy), e.g. visual-mean prototypes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--linear-probing", type=Path, metavar="FILE", help="a linear-probing head file instead"
+    )
+    parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_network_arguments(parser)
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from dve_perception.evaluation.segmentation_eval import evaluate_segmentation
+    from dve_perception.installed_models import default_models_dir
+    from dve_perception.perception_setup import build_pipeline, class_prototypes
+    from dve_perception.training.dataset import RGBDDataset
+
+    if args.linear_probing is not None and args.prototypes != "text":
+        raise ConfigError("give either --prototypes FILE or --linear-probing FILE, not both")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    models_dir = args.models_dir or default_models_dir()
+    # The dataset is checked before the network is built, which takes seconds.
+    dataset = RGBDDataset(args.dataset, args.split)
+    meaningful_text = True
+    if args.linear_probing is not None:
+        from dve_perception.model.checkpoint import load_linear_probing_weights
+
+        mode, prototypes = "linear_probing", load_linear_probing_weights(args.linear_probing)
+    elif args.prototypes == "text":
+        prototypes, provenance = class_prototypes(dataset.class_names, args.text_model, models_dir)
+        mode, meaningful_text = "text", provenance["meaningful_text"]
+    else:
+        mode, prototypes = "visual_mean", read_prototypes_file(Path(args.prototypes))
+    pipeline, provenance = build_pipeline(_network_choice(args, models_dir))
+    result = evaluate_segmentation(pipeline, dataset, prototypes, mode=mode, limit=args.limit)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "split": args.split, **provenance}, indent=2))
+    else:
+        print(result.format_table())
+    if provenance.get("meaningful_weights") is False or not meaningful_text:
+        _LOG.warning("results come from generated/random weights and carry no meaning")
+    return 0
+
+
+def read_prototypes_file(path: Path):  # noqa: ANN201 - torch is imported lazily
+    """Read a (K, D) prototype matrix from a .npy file or a tensor saved with `torch.save`.
+
+    Raises:
+        InputError: the file is missing, unreadable or does not hold a 2-D float matrix.
+    """
+    import numpy as np
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"prototype file {path} does not exist; expected a .pt or .npy file")
+    try:
+        if path.suffix == ".npy":
+            value = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
+        raise InputError(f"cannot read prototype file {path}: {err}") from err
+    if not isinstance(value, torch.Tensor) or value.ndim != 2 or not value.is_floating_point():
+        raise InputError(
+            f"prototype file {path} must hold one (K, D) float tensor, got "
+            f"{getattr(value, 'shape', type(value).__name__)}"
+        )
+    return value.float()
