@@ -192,7 +192,16 @@ def load_state_dict_strict(
         looks_like = detect_variant(state_dict)
         model_variant = _variant_name(model.config)
         parts = [f"{source} does not fit the DVEFormer model ({model_variant or 'custom config'})"]
-        if looks_like and looks_like != model_variant:
+        pde = _pde_channels(state_dict, expected)
+        if pde is not None:
+            # A student trained with the PDE depth stem is not a published variant: the head
+            # may match one, but the depth input differs, so say that first.
+            parts.append(
+                f"the file has a {pde}-channel PDE depth stem (positional depth encoding); "
+                f"build the model with training.depth_encoding.with_pde_depth_stem(model, {pde}) "
+                "and feed metric depth"
+            )
+        elif looks_like and looks_like != model_variant:
             parts.append(
                 f"the file looks like the {looks_like!r} variant; load it with variant="
                 f"{looks_like!r} (CLI: --variant {looks_like})"
@@ -207,6 +216,21 @@ def load_state_dict_strict(
             parts.append(f"{len(shapes)} shape mismatches: {_summarise(shapes)}")
         raise CheckpointError("; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
+
+
+_DEPTH_STEM = "encoder.backbone.patch_embedder.depth_layers.0.weight"
+
+
+def _pde_channels(
+    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> int | None:
+    """The file's PDE channel count when only its depth stem is wider than the model's."""
+    file_stem, model_stem = state_dict.get(_DEPTH_STEM), expected.get(_DEPTH_STEM)
+    if not isinstance(file_stem, torch.Tensor) or model_stem is None or file_stem.ndim != 4:
+        return None
+    if file_stem.shape[1] > 1 and file_stem.shape[1] != model_stem.shape[1]:
+        return int(file_stem.shape[1])
+    return None
 
 
 def _variant_name(config: DVEFormerConfig) -> str | None:

@@ -212,3 +212,15 @@ def zipfile_pickle(path) -> bytes:
 
     with zipfile.ZipFile(path) as archive:
         return b"".join(archive.read(n) for n in archive.namelist() if n.endswith(".pkl"))
+
+
+def test_a_pde_checkpoint_loaded_into_an_official_model_says_it_has_a_pde_stem(tmp_path):
+    from dve_perception.model import build_dveformer
+    from dve_perception.model.checkpoint import load_state_dict_strict
+    from dve_perception.model.dveformer import TINY_TEST_CONFIG
+    from dve_perception.training.depth_encoding import with_pde_depth_stem
+
+    trained = with_pde_depth_stem(build_dveformer(TINY_TEST_CONFIG), channels=32)
+    with pytest.raises(CheckpointError, match="32-channel PDE depth stem") as info:
+        load_state_dict_strict(build_dveformer(TINY_TEST_CONFIG), trained.state_dict(), "pde.pth")
+    assert "looks like" not in str(info.value)
