@@ -14,6 +14,7 @@ __all__ = [
     "DvePerceptionError",
     "InputError",
     "MapFileError",
+    "TrainingError",
     "TransformUnavailableError",
 ]
 
@@ -47,3 +48,7 @@ class TransformUnavailableError(DvePerceptionError, LookupError):
 
     Raised for an unknown frame, frames in different trees, or a stamp outside the recorded TF.
     """
+
+
+class TrainingError(DvePerceptionError):
+    """Training cannot continue (e.g. a non-finite loss); the last good checkpoint is kept."""

@@ -1,0 +1,131 @@
+"""Tests of `dve-perception compute-targets` and `dve-perception train` with tiny configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dve_perception.cli import main
+from dve_perception.model.checkpoint import load_checkpoint
+from dve_perception.model.dveformer import TINY_TEST_CONFIG
+from dve_perception.training.alpha_clip import TINY_ALPHA_CLIP_CONFIG, AlphaCLIPVisionTransformer
+from dve_perception.training.synthetic_dataset import write_synthetic_dataset
+from dve_perception.training.targets import load_targets, targets_dir
+
+STUDENT = dataclasses.replace(TINY_TEST_CONFIG, embedding_dim=24, n_upsamplings=0)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    root = write_synthetic_dataset(tmp_path / "ds", samples=2)
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pth"
+    torch.save(AlphaCLIPVisionTransformer(TINY_ALPHA_CLIP_CONFIG).state_dict(), teacher)
+    teacher_config = tmp_path / "teacher.json"
+    teacher_config.write_text(json.dumps(dataclasses.asdict(TINY_ALPHA_CLIP_CONFIG)))
+    model_config = tmp_path / "model.json"
+    model_config.write_text(json.dumps(dataclasses.asdict(STUDENT)))
+    return {
+        "root": root,
+        "teacher": teacher,
+        "teacher_config": teacher_config,
+        "model_config": model_config,
+        "out": tmp_path / "run",
+    }
+
+
+def _compute(files: dict[str, Path]) -> int:
+    return main(
+        [
+            "compute-targets",
+            str(files["root"]),
+            "--teacher",
+            str(files["teacher"]),
+            "--teacher-config",
+            str(files["teacher_config"]),
+            "--device",
+            "cpu",
+        ]
+    )
+
+
+def _train(files: dict[str, Path], *extra: str) -> int:
+    return main(
+        [
+            "train",
+            str(files["root"]),
+            "--out",
+            str(files["out"]),
+            "--model-config",
+            str(files["model_config"]),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "2",
+            "--crop",
+            "64x96",
+            "--device",
+            "cpu",
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def test_compute_targets_then_train_writes_a_loadable_checkpoint(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _compute(files) == 0
+    written = sorted(targets_dir(files["root"]).glob("*.npz"))
+    assert [p.stem for p in written] == ["000000", "000001"]
+    assert load_targets(written[0]).vectors.shape[1] == TINY_ALPHA_CLIP_CONFIG.output_dim
+
+    assert _train(files) == 0
+    assert "step 2" in capsys.readouterr().out
+    model = load_checkpoint(files["out"] / "last.pth", STUDENT)
+    assert model.config == STUDENT
+    assert len((files["out"] / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_train_refuses_an_existing_output_and_continues_with_resume(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _compute(files) == 0
+    assert _train(files, "--max-steps", "1") == 0
+    assert _train(files) == 2
+    assert "is not empty; pass --resume" in capsys.readouterr().err
+    assert _train(files, "--resume") == 0
+    assert "step 2" in capsys.readouterr().out
+
+
+def test_train_without_targets_says_to_run_compute_targets(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _train(files) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dve-perception train: error: no teacher targets")
+    assert "dve-perception compute-targets" in err
+
+
+def test_compute_targets_rejects_a_teacher_of_another_architecture(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = dataclasses.replace(TINY_ALPHA_CLIP_CONFIG, width=64)
+    files["teacher_config"].write_text(json.dumps(dataclasses.asdict(other)))
+    assert _compute(files) == 2
+    assert "dve-perception compute-targets: error:" in capsys.readouterr().err
+
+
+def test_bad_config_files_are_one_line_errors(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    files["model_config"].write_text(json.dumps({"embedding_dim": 24, "colour": 3}))
+    assert _train(files) == 2
+    assert "unknown fields ['colour']" in capsys.readouterr().err
+    files["teacher_config"].write_text(json.dumps({"wide": 1}))
+    assert _compute(files) == 2
+    assert "--teacher-config" in capsys.readouterr().err
