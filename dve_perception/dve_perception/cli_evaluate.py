@@ -35,9 +35,11 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prototypes",
         default="text",
-        metavar="text|FILE",
-        help="'text' (CLIP text prototypes of the class names) or a file with a (K, D) tensor "
-        "(.pt or .npy), e.g. visual-mean prototypes (default: %(default)s)",
+        metavar="text|visual-mean:TARGETS_DIR|FILE",
+        help="'text' (CLIP text prototypes of the class names), 'visual-mean:DIR' (visual-mean "
+        "prototypes from a teacher-targets folder of the training split, text prototypes for "
+        "classes without examples) or a file with a (K, D) tensor (.pt or .npy) "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--linear-probing", type=Path, metavar="FILE", help="a linear-probing head file instead"
@@ -69,6 +71,18 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     elif args.prototypes == "text":
         prototypes, provenance = class_prototypes(dataset.class_names, args.text_model, models_dir)
         mode, meaningful_text = "text", provenance["meaningful_text"]
+    elif args.prototypes.startswith("visual-mean:"):
+        from dve_perception.training.linear_probing import prototypes_from_targets
+
+        def text():  # noqa: ANN202 - only called for classes without visual examples
+            vectors, info = class_prototypes(dataset.class_names, args.text_model, models_dir)
+            text_provenance.update(info)
+            return vectors
+
+        text_provenance: dict = {}
+        folder = Path(args.prototypes[len("visual-mean:") :])
+        prototypes, _ = prototypes_from_targets(folder, dataset.num_classes, text)
+        mode, meaningful_text = "visual_mean", text_provenance.get("meaningful_text", True)
     else:
         mode, prototypes = "visual_mean", read_prototypes_file(Path(args.prototypes))
     pipeline, provenance = build_pipeline(_network_choice(args, models_dir))

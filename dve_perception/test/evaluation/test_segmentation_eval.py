@@ -134,3 +134,53 @@ def test_cli_reports_bad_options_and_files(dataset: RGBDDataset, tmp_path: Path,
     assert "prototype file" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _write_eye_targets(dataset: RGBDDataset, folder: Path, drop_class: int) -> None:
+    from dve_perception.training.targets import SegmentTargets, save_targets
+
+    folder.mkdir(parents=True)
+    for index, sample_id in enumerate(dataset.ids):
+        semantic = dataset[index].semantic.numpy().astype(np.int32)
+        semantic[semantic == drop_class] = 0
+        classes = [c for c in range(1, dataset.num_classes + 1) if (semantic == c).any()]
+        segment_ids = np.zeros_like(semantic)
+        for k, c in enumerate(classes, start=1):
+            segment_ids[semantic == c] = k
+        save_targets(
+            folder / f"{sample_id}.npz",
+            SegmentTargets(
+                segment_ids=segment_ids,
+                vectors=np.eye(3, DIM, dtype=np.float16)[[c - 1 for c in classes]],
+                class_ids=np.array(classes, dtype=np.int32),
+                image_vector=np.zeros(DIM, dtype=np.float16),
+            ),
+        )
+
+
+def test_cli_computes_visual_mean_prototypes_from_a_targets_folder(
+    dataset: RGBDDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import dve_perception.perception_setup as setup
+
+    # Targets give wall and floor their one-hot vectors; the chair has none and takes the text
+    # prototype. An oracle emitting one-hot vectors then scores mIoU 1 only if both sources are
+    # used, each for the right classes.
+    _write_eye_targets(dataset, tmp_path / "targets", drop_class=3)
+    text_calls = []
+
+    def text(names: list[str], text_model: Path | None, models_dir: Path) -> tuple:
+        text_calls.append(names)
+        return torch.eye(3, DIM)[[1, 0, 2]], {"text_model": "fake", "meaningful_text": True}
+
+    monkeypatch.setattr(setup, "class_prototypes", text)
+    oracle = OracleEmbedder(dataset, torch.eye(3, DIM), {})
+    monkeypatch.setattr(setup, "build_pipeline", lambda choice: (oracle, {}))
+    argv = ["evaluate", str(dataset.root), "--prototypes", f"visual-mean:{tmp_path / 'targets'}"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mode"] == "visual_mean" and report["miou"] == pytest.approx(1.0)
+    assert text_calls == [["wall", "floor", "chair"]]
+    missing = ["--prototypes", f"visual-mean:{tmp_path / 'none'}"]
+    assert main(["evaluate", str(dataset.root), *missing]) == 2
+    assert "targets folder" in capsys.readouterr().err
