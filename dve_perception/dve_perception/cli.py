@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING
 from dve_perception import __version__
 from dve_perception.cli_engine import add_build_engine_parser
 from dve_perception.cli_evaluate import add_evaluate_parser
+from dve_perception.cli_evaluate_map import add_evaluate_map_parser
+from dve_perception.cli_linear_probe import add_train_linear_probe_parser
 from dve_perception.cli_maps import add_demo_parser, add_query_parser, add_replay_parser
+from dve_perception.cli_train import add_compute_targets_parser, add_train_parser
 from dve_perception.errors import ConfigError, DvePerceptionError
 
 if TYPE_CHECKING:
@@ -372,6 +375,10 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_build_engine_parser,
     _add_weights_parser,
     add_evaluate_parser,
+    add_evaluate_map_parser,
+    add_train_linear_probe_parser,
+    add_compute_targets_parser,
+    add_train_parser,
 )
 
 
