@@ -55,19 +55,14 @@ def add_compute_targets_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_compute_targets(args: argparse.Namespace) -> int:
     import torch
 
-    from dve_perception.training.alpha_clip import ALPHA_CLIP_L14_336, AlphaCLIPVisionConfig
+    from dve_perception.training.alpha_clip import ALPHA_CLIP_L14_336
     from dve_perception.training.alpha_clip_checkpoint import load_alpha_clip
     from dve_perception.training.dataset import RGBDDataset
     from dve_perception.training.targets import DEFAULT_TEACHER_NAME, compute_targets, targets_dir
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    config = ALPHA_CLIP_L14_336
-    if args.teacher_config is not None:
-        try:
-            config = AlphaCLIPVisionConfig(**_read_json_object(args.teacher_config))
-        except TypeError as err:  # unknown or missing field names
-            raise ConfigError(f"--teacher-config {args.teacher_config}: {err}") from err
+    config = _teacher_config(args.teacher_config) or ALPHA_CLIP_L14_336
     dataset = RGBDDataset(args.dataset, args.split, check_labels=True)
     teacher = load_alpha_clip(args.teacher, config, trusted=args.trust_checkpoint)
     device = args.device
@@ -119,8 +114,63 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
     parser.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
-    parser.add_argument("--trust-checkpoint", action="store_true", help="unpickle --init fully")
+    parser.add_argument(
+        "--trust-checkpoint", action="store_true", help="unpickle --init/--teacher/--proxy fully"
+    )
+    _add_distillation_arguments(parser)
     parser.set_defaults(handler=_run_train)
+
+
+def _add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("distillation terms and several teachers (docs/training.md)")
+    group.add_argument(
+        "--teacher", type=Path, metavar="CKPT", help="live Alpha-CLIP teacher for TransKD/CKA"
+    )
+    group.add_argument(
+        "--teacher-config", type=Path, metavar="FILE", help="JSON AlphaCLIPVisionConfig fields"
+    )
+    group.add_argument("--transkd-weight", type=float, default=0.0, help="TransKD term weight")
+    group.add_argument("--cka-weight", type=float, default=0.0, help="CKA term weight")
+    group.add_argument(
+        "--teacher-names",
+        type=_parse_names,
+        default=(),
+        metavar="A,B",
+        help="target stores of several teachers, the main (student-width) one first",
+    )
+    group.add_argument(
+        "--teacher-weights",
+        type=_parse_weights,
+        default=(),
+        metavar="W1,W2",
+        help="cosine-loss weight per --teacher-names entry (default: all 1)",
+    )
+    group.add_argument(
+        "--proxy", type=Path, metavar="CKPT", help="trained DVEFormer whose output is the target"
+    )
+    proxy_model = group.add_mutually_exclusive_group()
+    proxy_model.add_argument(
+        "--proxy-variant", choices=("reducedres", "fullres"), help="default: from the file"
+    )
+    proxy_model.add_argument(
+        "--proxy-model-config", type=Path, metavar="FILE", help="JSON DVEFormerConfig of --proxy"
+    )
+
+
+def _parse_names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, e.g. a,b, got {text!r}")
+    return names
+
+
+def _parse_weights(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, e.g. 1,0.5, got {text!r}"
+        ) from None
 
 
 def parse_crop(text: str) -> tuple[int, int]:
@@ -142,6 +192,9 @@ def _run_train(args: argparse.Namespace) -> int:
     model: str | DVEFormerConfig = args.variant
     if args.model_config is not None:
         model = model_config_from_json(args.model_config)
+    proxy_model: str | DVEFormerConfig = args.proxy_variant or ""
+    if args.proxy_model_config is not None:
+        proxy_model = model_config_from_json(args.proxy_model_config)
     config = TrainConfig(
         output_dir=str(args.out),
         model=model,
@@ -162,11 +215,31 @@ def _run_train(args: argparse.Namespace) -> int:
         depth_randomisation=args.depth_randomisation,
         max_steps=args.max_steps,
         progress=not args.no_progress,
+        transkd_weight=args.transkd_weight,
+        cka_weight=args.cka_weight,
+        teacher_checkpoint=str(args.teacher or ""),
+        teacher_config=_teacher_config(args.teacher_config),
+        teacher_names=args.teacher_names,
+        teacher_weights=args.teacher_weights,
+        proxy_checkpoint=str(args.proxy or ""),
+        proxy_model=proxy_model,
     )
     trainer = Trainer(config, args.dataset, resume=args.resume, overwrite=args.overwrite)
     logs = trainer.train()
     print(f"step {trainer.step}: {json.dumps(logs)}; checkpoints in {args.out}")
     return 0
+
+
+def _teacher_config(path: Path | None) -> object:
+    """The AlphaCLIPVisionConfig in a JSON file, or None without a file."""
+    from dve_perception.training.alpha_clip import AlphaCLIPVisionConfig
+
+    if path is None:
+        return None
+    try:
+        return AlphaCLIPVisionConfig(**_read_json_object(path))
+    except TypeError as err:  # unknown or missing field names
+        raise ConfigError(f"--teacher-config {path}: {err}") from err
 
 
 def _read_json_object(path: Path) -> dict:

@@ -16,6 +16,7 @@ from typing import Any
 
 from dve_perception.errors import ConfigError
 from dve_perception.model.dveformer import INPUT_MULTIPLE, VARIANTS, DVEFormerConfig
+from dve_perception.training.alpha_clip import AlphaCLIPVisionConfig
 from dve_perception.training.targets import DEFAULT_TEACHER_NAME
 
 __all__ = ["OFFICIAL_BATCH_SIZE", "OFFICIAL_LR", "TrainConfig", "model_config_from_json"]
@@ -70,10 +71,29 @@ class TrainConfig:
     depth_randomisation: bool = field(
         default=False, metadata=_doc("random depth scale/offset/sparsity per sample")
     )
-    transkd_weight: float = field(default=0.0, metadata=_doc("TransKD term weight (not wired)"))
-    cka_weight: float = field(default=0.0, metadata=_doc("CKA term weight (not wired)"))
+    transkd_weight: float = field(
+        default=0.0, metadata=_doc("TransKD patch-embedding term weight; needs a live teacher")
+    )
+    cka_weight: float = field(
+        default=0.0, metadata=_doc("CKA term weight (last stage); needs a live teacher")
+    )
     teacher_checkpoint: str = field(
-        default="", metadata=_doc("live Alpha-CLIP teacher for KD terms (not wired)")
+        default="", metadata=_doc("live Alpha-CLIP teacher for the TransKD/CKA terms")
+    )
+    teacher_config: AlphaCLIPVisionConfig | None = field(
+        default=None, metadata=_doc("live teacher's architecture; None: ViT-L/14@336")
+    )
+    teacher_names: tuple[str, ...] = field(
+        default=(), metadata=_doc("target stores of several teachers, main first; (): teacher_name")
+    )
+    teacher_weights: tuple[float, ...] = field(
+        default=(), metadata=_doc("cosine-loss weight per teacher_names entry; (): all 1")
+    )
+    proxy_checkpoint: str = field(
+        default="", metadata=_doc("trained DVEFormer whose output replaces the main targets")
+    )
+    proxy_model: str | DVEFormerConfig = field(
+        default="", metadata=_doc("proxy architecture; empty: detected from the checkpoint")
     )
     max_steps: int = field(default=0, metadata=_doc("stop after this many steps; 0: no limit"))
     progress: bool = field(default=True, metadata=_doc("show a tqdm progress bar"))
@@ -106,11 +126,42 @@ class TrainConfig:
             )
         if not self.output_dir:
             raise ConfigError("output_dir is empty; expected a folder for the checkpoints")
-        if self.transkd_weight or self.cka_weight or self.teacher_checkpoint:
+        self._check_distillation()
+
+    def _check_distillation(self) -> None:
+        for name in ("transkd_weight", "cka_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be finite and >= 0, got {value!r}")
+        if self.teacher_checkpoint and not (self.transkd_weight or self.cka_weight):
             raise ConfigError(
-                "transkd_weight / cka_weight / teacher_checkpoint are not wired into the trainer "
-                "yet; use training.kd_losses directly, or leave them at 0 / empty"
+                "teacher_checkpoint is only used by the TransKD/CKA terms, but transkd_weight "
+                "and cka_weight are 0; set a weight or drop the teacher"
             )
+        names = tuple(self.teacher_names)
+        if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"teacher_names must be distinct non-empty names, got {names}")
+        if names and self.teacher_name not in (DEFAULT_TEACHER_NAME, names[0]):
+            raise ConfigError(
+                f"teacher_name {self.teacher_name!r} and teacher_names {names} disagree; the "
+                "first of teacher_names is the main teacher"
+            )
+        weights = tuple(self.teacher_weights)
+        if weights and len(weights) != len(self.target_names):
+            raise ConfigError(
+                f"teacher_weights {weights} needs one weight per teacher of {self.target_names}"
+            )
+        if any(not (math.isfinite(w) and w >= 0) for w in weights):
+            raise ConfigError(f"teacher_weights must be finite and >= 0, got {weights}")
+        if isinstance(self.proxy_model, str) and self.proxy_model not in ("", *VARIANTS):
+            raise ConfigError(
+                f"proxy_model must be empty or one of {sorted(VARIANTS)}, got {self.proxy_model!r}"
+            )
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """Target stores to load, the main teacher first."""
+        return tuple(self.teacher_names) or (self.teacher_name,)
 
     @property
     def effective_lr(self) -> float:
@@ -125,8 +176,9 @@ class TrainConfig:
     def to_json(self) -> str:
         """The settings as JSON (the model as its variant name or its fields)."""
         data: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        if isinstance(self.model, DVEFormerConfig):
-            data["model"] = asdict(self.model)
+        for name in ("model", "proxy_model", "teacher_config"):
+            if data[name] is not None and not isinstance(data[name], str):
+                data[name] = asdict(data[name])
         data["crop_size"] = list(self.crop_size)
         return json.dumps(data, indent=2, sort_keys=True)
 

@@ -32,11 +32,15 @@ __all__ = ["DistillationDataset", "collate_items", "dense_targets"]
 
 
 class DistillationDataset(torch.utils.data.Dataset):
-    """Items `{"rgb", "depth", "depth_m", "segment_ids", "table", "id"}` for the trainer.
+    """Training items: network inputs, the augmented crop and labels, and segment targets.
 
+    Keys: rgb, depth, depth_m, rgb_u8, semantic, segment_ids, table, extra_tables, id.
     `rgb` (3, H, W) and `depth` (1, H, W) are the network inputs as at inference; `depth_m` is
-    metric depth (for the PDE stem); `segment_ids` (H, W) int64 index rows of `table`
-    ((S + 1, D) float32, row 0 the zero vector of void).
+    metric depth (for the PDE stem); `rgb_u8` the augmented uint8 crop (for a live teacher);
+    `semantic` (H, W) the augmented class ids (0 void); `segment_ids` (H, W) int64 index rows of
+    `table` ((S + 1, D) float32, row 0 the zero vector of void); `extra_tables` one such table
+    per extra target store. Segment ids come from the ground-truth segments, so every store of a
+    sample must hold the same segment-id image (checked).
 
     Args:
         dataset: the samples, without a transform.
@@ -45,9 +49,11 @@ class DistillationDataset(torch.utils.data.Dataset):
         augment: apply the official augmentation (otherwise samples must already be crop_size).
         depth_random: apply `depth_randomisation` to valid depth.
         seed: base seed of the per-item generators.
+        extra_folders: target stores of further teachers (several-teacher distillation).
 
     Raises:
-        InputError: a sample without a targets file (the message names `compute-targets`).
+        InputError: a missing target store, or a sample without a targets file (the message
+            names `compute-targets`).
     """
 
     def __init__(
@@ -59,24 +65,25 @@ class DistillationDataset(torch.utils.data.Dataset):
         augment: bool = True,
         depth_random: bool = False,
         seed: int = 0,
+        extra_folders: Sequence[str | Path] = (),
     ) -> None:
         self.dataset = dataset
         self.folder = Path(targets_folder)
+        self.extra_folders = [Path(f) for f in extra_folders]
         self.crop_size = tuple(crop_size)
         self.augment = augment
         self.depth_random = depth_random
         self.seed = seed
         self.epoch = 0
-        missing = [i for i in dataset.ids if not (self.folder / f"{i}.npz").is_file()]
-        if missing:
-            shown = ", ".join(missing[:5]) + (
-                f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            )
-            raise InputError(
-                f"no teacher targets for {len(missing)} sample(s) of split '{dataset.split}' in "
-                f"{self.folder} ({shown}); compute them first with `dve-perception "
-                f"compute-targets {dataset.root} --teacher CKPT --split {dataset.split}`"
-            )
+        for folder in self.extra_folders:
+            if not folder.is_dir():
+                raise InputError(
+                    f"no target store for teacher '{folder.name}': {folder} does not exist; "
+                    f"compute it with `dve-perception compute-targets {dataset.root} --teacher "
+                    f"CKPT --teacher-name {folder.name} --split {dataset.split}`"
+                )
+        for folder in [self.folder, *self.extra_folders]:
+            _check_complete(dataset, folder)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -90,6 +97,7 @@ class DistillationDataset(torch.utils.data.Dataset):
                 f"are {tuple(sample.semantic.shape)}; recompute them with compute-targets"
             )
         ids = torch.from_numpy(targets.segment_ids.astype(np.int64))
+        extra = [self._extra_vectors(folder, sample.id, targets) for folder in self.extra_folders]
         sample = sample.replace(instance=ids)  # segment ids ride along in the instance slot
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
@@ -116,19 +124,50 @@ class DistillationDataset(torch.utils.data.Dataset):
             "rgb": net.rgb[0],
             "depth": net.depth[0],
             "depth_m": net.depth_m[0],
+            "rgb_u8": sample.rgb,
+            "semantic": sample.semantic,
             "segment_ids": sample.instance,
-            "table": torch.cat([torch.zeros(1, targets.vectors.shape[1]), target_vectors(targets)]),
+            "table": _table(target_vectors(targets)),
+            "extra_tables": [_table(vectors) for vectors in extra],
             "id": sample.id,
         }
+
+    def _extra_vectors(self, folder: Path, sample_id: str, main: object) -> torch.Tensor:
+        targets = load_targets(folder / f"{sample_id}.npz")
+        if not np.array_equal(targets.segment_ids, main.segment_ids):  # type: ignore[attr-defined]
+            raise InputError(
+                f"targets of sample '{sample_id}' in {folder} have other segments than those in "
+                f"{self.folder}; compute every teacher's targets from the same labels"
+            )
+        return target_vectors(targets)
+
+
+def _table(vectors: torch.Tensor) -> torch.Tensor:
+    """Segment vectors with the void row 0 (the zero vector) in front."""
+    return torch.cat([torch.zeros(1, vectors.shape[1]), vectors])
+
+
+def _check_complete(dataset: RGBDDataset, folder: Path) -> None:
+    missing = [i for i in dataset.ids if not (folder / f"{i}.npz").is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise InputError(
+            f"no teacher targets for {len(missing)} sample(s) of split '{dataset.split}' in "
+            f"{folder} ({shown}); compute them first with `dve-perception "
+            f"compute-targets {dataset.root} --teacher CKPT --split {dataset.split}`"
+        )
 
 
 def collate_items(items: Sequence[dict[str, object]]) -> dict[str, object]:
     """Stack tensors of equal shape; keep the per-sample target tables as a list."""
     out: dict[str, object] = {
         key: torch.stack([item[key] for item in items])  # type: ignore[misc]
-        for key in ("rgb", "depth", "depth_m", "segment_ids")
+        for key in ("rgb", "depth", "depth_m", "rgb_u8", "semantic", "segment_ids")
     }
     out["table"] = [item["table"] for item in items]
+    out["extra_tables"] = [item["extra_tables"] for item in items]
     out["id"] = [item["id"] for item in items]
     return out
 

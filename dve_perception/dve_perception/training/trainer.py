@@ -7,9 +7,11 @@ learning-rate step. Output folder:
 
 - `last.pth`, `epoch_N.pth`: the official format `{"state_dict", "epoch", "logs"}`, readable by
   `model.checkpoint.load_checkpoint` (a PDE student differs in the depth stem's weight shape);
-- `resume.pth`: optimiser, scheduler, step and RNG state (tensors and numbers only, weights-only
-  loadable), always written together with `last.pth`;
-- `metrics.jsonl`: one JSON object per step (step, epoch, loss, lr, seconds);
+- `resume.pth`: optimiser, scheduler, step and RNG state, plus the learnable parts of the optional
+  distillation terms (alignment, recalibration, extra-teacher heads: `distillation`) which are not
+  part of the student (tensors and numbers only, weights-only loadable), always written together
+  with `last.pth`;
+- `metrics.jsonl`: one JSON object per step (step, epoch, loss, each loss term, lr, seconds);
 - `train_config.json`: the settings.
 
 A non-finite loss stops training with a `TrainingError` before the optimiser step, so no file is
@@ -33,8 +35,9 @@ from dve_perception.model.checkpoint import load_checkpoint, read_checkpoint_fil
 from dve_perception.model.dveformer import DVEFormer, build_dveformer
 from dve_perception.training.dataset import RGBDDataset
 from dve_perception.training.depth_encoding import with_pde_depth_stem
+from dve_perception.training.distillation_terms import DistillationTerms
 from dve_perception.training.losses import cosine_embedding_loss
-from dve_perception.training.targets import targets_dir
+from dve_perception.training.targets import load_targets, targets_dir
 from dve_perception.training.train_config import TrainConfig
 from dve_perception.training.train_data import DistillationDataset, collate_items, dense_targets
 
@@ -78,11 +81,15 @@ class Trainer:
         dataset_root: a dataset in the documented layout with computed targets.
         resume: continue from `<output_dir>/resume.pth` and `last.pth`.
         overwrite: allow an existing, non-empty output folder without resuming.
+        teacher: an in-memory live Alpha-CLIP teacher instead of `config.teacher_checkpoint`.
+        proxy: an in-memory proxy DVEFormer instead of `config.proxy_checkpoint`.
 
     Raises:
         ConfigError: an existing output folder without resume/overwrite, a resume folder without
-            state, or a dataset smaller than one batch.
+            state, a dataset smaller than one batch, targets whose width differs from the
+            student's, or distillation settings that do not fit (see `DistillationTerms`).
         InputError: dataset problems, or missing targets (naming `compute-targets`).
+        CheckpointError: a teacher or proxy checkpoint of another architecture.
     """
 
     def __init__(
@@ -92,6 +99,8 @@ class Trainer:
         *,
         resume: bool = False,
         overwrite: bool = False,
+        teacher: torch.nn.Module | None = None,
+        proxy: torch.nn.Module | None = None,
     ) -> None:
         self.config = config
         self.out = Path(config.output_dir)
@@ -103,13 +112,15 @@ class Trainer:
                 "bf16 autocast applies on CUDA only; training in float32 on %s", self.device
             )
         samples = RGBDDataset(dataset_root, config.split)
+        main_name, *extra_names = config.target_names
         self.data = DistillationDataset(
             samples,
-            targets_dir(dataset_root, config.teacher_name),
+            targets_dir(dataset_root, main_name),
             config.crop_size,
             augment=config.augment,
             depth_random=config.depth_randomisation,
             seed=config.seed,
+            extra_folders=[targets_dir(dataset_root, name) for name in extra_names],
         )
         self.steps_per_epoch = len(self.data) // config.batch_size
         if self.steps_per_epoch == 0:
@@ -122,8 +133,12 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         self.stop_step = min(self.total_steps, config.max_steps or self.total_steps)
         self.model = build_student(config).to(self.device).train()
+        self.terms = self._build_terms(teacher, proxy)
+        parameters = list(self.model.parameters())
+        if self.terms is not None:
+            parameters += list(self.terms.parameters())
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.effective_lr, weight_decay=config.weight_decay
+            parameters, lr=config.effective_lr, weight_decay=config.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer,
@@ -149,6 +164,44 @@ class Trainer:
                 "--overwrite to start a new one there"
             )
 
+    def _build_terms(
+        self, teacher: torch.nn.Module | None, proxy: torch.nn.Module | None
+    ) -> DistillationTerms | None:
+        """The optional terms, or None on the plain path (which then runs exactly as before)."""
+        config = self.config
+        dims = [self._store_dim(folder) for folder in [self.data.folder, *self.data.extra_folders]]
+        if dims[0] != config.model_config.embedding_dim:
+            raise ConfigError(
+                f"targets in {self.data.folder} are {dims[0]}-dimensional but the student embeds "
+                f"into {config.model_config.embedding_dim}; use the teacher whose width matches "
+                "the student's embedding_dim as the main teacher (first of teacher_names)"
+            )
+        distil = config.transkd_weight or config.cka_weight or len(dims) > 1
+        if not (distil or proxy is not None or config.proxy_checkpoint):
+            return None
+        if teacher is None and config.teacher_checkpoint:
+            from dve_perception.training.alpha_clip import ALPHA_CLIP_L14_336
+            from dve_perception.training.alpha_clip_checkpoint import load_alpha_clip
+
+            teacher = load_alpha_clip(
+                config.teacher_checkpoint,
+                config.teacher_config or ALPHA_CLIP_L14_336,
+                trusted=config.trust_checkpoint,
+            )
+        if proxy is None and config.proxy_checkpoint:
+            proxy = load_checkpoint(
+                config.proxy_checkpoint,
+                config.proxy_model or None,
+                trusted=config.trust_checkpoint,
+            )
+        terms = DistillationTerms(
+            config, self.model, self.device, teacher=teacher, proxy=proxy, extra_dims=dims[1:]
+        )
+        return terms.to(self.device).train()
+
+    def _store_dim(self, folder: Path) -> int:
+        return int(load_targets(folder / f"{self.data.dataset.ids[0]}.npz").vectors.shape[1])
+
     def _load_resume(self) -> None:
         last = read_checkpoint_file(self.out / LAST_FILE)
         self.model.load_state_dict(last["state_dict"], strict=True)
@@ -163,6 +216,14 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
+        if self.terms is not None:
+            if "distillation" not in state:
+                raise ConfigError(
+                    f"cannot resume {self.out}: it was trained without the distillation terms "
+                    "this config enables; resume with the same settings"
+                )
+            self.terms.load_state_dict(state["distillation"], strict=True)
+            self.terms.load_extra_state(state.get("distillation_extra", {}))
         if self.step > self.total_steps:
             raise ConfigError(
                 f"{self.out} is at step {self.step}, beyond this run's {self.total_steps} steps"
@@ -222,6 +283,8 @@ class Trainer:
         depth = batch[depth_key].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             pred = self.model(rgb, depth)
+        if self.terms is not None:
+            return self.terms.compute(pred, batch, self.device)
         ids = batch["segment_ids"].to(self.device)
         target = dense_targets(ids, batch["table"], tuple(pred.shape[-2:]))
         cosine = cosine_embedding_loss(pred.float(), target)
@@ -261,6 +324,11 @@ class Trainer:
             "step": self.step,
             "torch_rng": torch.get_rng_state(),
         }
+        if self.terms is not None:
+            state["distillation"] = {
+                k: v.detach().cpu() for k, v in self.terms.state_dict().items()
+            }
+            state["distillation_extra"] = self.terms.extra_state()
         with atomic_write(self.out / RESUME_FILE) as file:
             torch.save(state, file)
 

@@ -129,3 +129,57 @@ def test_bad_config_files_are_one_line_errors(
     files["teacher_config"].write_text(json.dumps({"wide": 1}))
     assert _compute(files) == 2
     assert "--teacher-config" in capsys.readouterr().err
+
+
+def test_train_with_a_live_teacher_logs_the_transkd_and_cka_terms(files: dict[str, Path]) -> None:
+    assert _compute(files) == 0
+    flags = ["--teacher", str(files["teacher"]), "--teacher-config", str(files["teacher_config"])]
+    assert _train(files, *flags, "--transkd-weight", "0.5", "--cka-weight", "0.25") == 0
+
+    record = json.loads((files["out"] / "metrics.jsonl").read_text().splitlines()[-1])
+    expected = record["loss_cosine"] + 0.5 * record["loss_transkd"] + 0.25 * record["loss_cka"]
+    assert record["loss"] == pytest.approx(expected, rel=1e-5)
+    load_checkpoint(files["out"] / "last.pth", STUDENT)
+    saved = json.loads((files["out"] / "train_config.json").read_text())
+    assert saved["teacher_config"]["width"] == TINY_ALPHA_CLIP_CONFIG.width
+
+
+def test_train_with_several_teachers_and_a_proxy(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _compute(files) == 0
+    assert _compute_named(files, "second") == 0
+    names = "alpha_clip_l14_336_grit_20m,second"
+    assert _train(files, "--teacher-names", names, "--teacher-weights", "1,0.5") == 0
+    record = json.loads((files["out"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["loss"] == pytest.approx(
+        record["loss_cosine"] + 0.5 * record["loss_cosine_second"], rel=1e-5
+    )
+    # Second stage: the first run's student as the proxy of a new student.
+    proxy = files["out"] / "last.pth"
+    files["out"] = files["out"].parent / "stage2"
+    assert (
+        _train(files, "--proxy", str(proxy), "--proxy-model-config", str(files["model_config"]))
+        == 0
+    )
+    assert "step 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        _train(files, "--overwrite", "--teacher-weights", "1,x")
+    assert "expected comma-separated numbers" in capsys.readouterr().err
+
+
+def _compute_named(files: dict[str, Path], name: str) -> int:
+    return main(
+        [
+            "compute-targets",
+            str(files["root"]),
+            "--teacher",
+            str(files["teacher"]),
+            "--teacher-config",
+            str(files["teacher_config"]),
+            "--teacher-name",
+            name,
+            "--device",
+            "cpu",
+        ]
+    )

@@ -181,7 +181,7 @@ def test_default_learning_rate_is_the_official_one_scaled_by_batch_over_8() -> N
         ({"lr": -1.0}, "lr must be positive"),
         ({"pct_start": 1.0}, "pct_start must be in"),
         ({"model": "huge"}, "model must be one of"),
-        ({"cka_weight": 1.0}, "not wired into the trainer yet"),
+        ({"cka_weight": -1.0}, "cka_weight must be finite and >= 0"),
         ({"output_dir": ""}, "output_dir is empty"),
     ],
 )
