@@ -6,7 +6,8 @@ label prototype + smooth feature field (amplitude 0.5) + pixel noise 0.3, 5 cm v
 
 1. Integration: median ms per `EmbeddingMap.integrate` of one frame into a map that already
    holds the earlier frames of an orbit, channels-first and channels-last, against reading the
-   frame once (`torch.from_numpy(emb).sum()`) in the same run. Target: 120x160 <= 20 ms.
+   frame once (`torch.from_numpy(emb).sum()`) in the same run, and channels-last float16 unit
+   embeddings with `assume_unit=True` (the fused backend's output). Target: 120x160 <= 20 ms.
 2. Query latency vs map size: `EmbeddingMap.query` (text + 4 negatives, top 5 clusters, a
    threshold that ~200 voxels pass) and bare `storage.scores` of 5 vectors on maps filled with
    `load_state`, float16 and pca 128/64, against a naive NumPy float16 matvec + top-10 (run
@@ -21,7 +22,7 @@ Times use time.perf_counter, warm-up runs and medians; seeds are fixed. Absolute
 on the machine (and on other load: the load average is printed); compare the ratios, which are
 measured against a baseline in the same run.
 
-    .venv/bin/python benchmarks/bench_mapping.py [--quick] [--sections 1 2 3 4 5]
+    .venv/bin/python benchmarks/bench_mapping.py [--quick] [--sections 1 2 3 4 5] [--threads N]
 
 Default: ~2 min on an idle 2-core CPU (more under load), peak ~8 GB of memory; --quick: < 1 min.
 """
@@ -29,6 +30,7 @@ Default: ~2 min on an idle 2-core CPU (more under load), peak ~8 GB of memory; -
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import resource
 import statistics
@@ -84,20 +86,34 @@ def _read_once(array: np.ndarray) -> None:
     torch.from_numpy(array).sum()
 
 
+def _unit_float16(emb_cl: np.ndarray) -> np.ndarray:
+    """The (D, h, w) channel-last view of the frame L2-normalised per pixel, as float16."""
+    hwc = emb_cl.transpose(1, 2, 0)
+    unit_hwc = hwc / np.linalg.norm(hwc, axis=2, keepdims=True)
+    return unit_hwc.astype(np.float16).transpose(2, 0, 1)
+
+
+#: Integration cases of section 1: (name, integrate keyword arguments).
+LAYOUTS = {
+    "channels-first": {},
+    "channels-last": {},
+    "channels-last float16 unit, assume_unit": {"assume_unit": True},
+}
+
+
 def section_integration(small: list, large: tuple, repeats: int) -> EmbeddingMap:
     """Section 1; returns the channels-last 120x160 map (the float16 map of sections 3, 4)."""
-    rows, layouts, kept = [], ("channels-first", "channels-last"), None
+    rows, layouts, kept = [], tuple(LAYOUTS), None
     for (h, w), frames in ((SMALL, small), (large[:2], large[2])):
         maps = {layout: new_map() for layout in layouts}
         times: dict[str, list[float]] = {k: [] for k in ("read-cf", "read-cl", *layouts)}
         for i, item in enumerate(frames):
             frame, K, pose, emb_cl = item() if callable(item) else item
             emb_cf = np.ascontiguousarray(emb_cl)  # same values, (D, h, w) C-contiguous
-            arrays = {"channels-first": emb_cf, "channels-last": emb_cl}
+            arrays = dict(zip(layouts, (emb_cf, emb_cl, _unit_float16(emb_cl)), strict=True))
             for name in layouts if i % 2 else layouts[::-1]:  # alternate which goes first
-                times[name].append(
-                    timed_ms(maps[name].integrate, arrays[name], frame.depth_m, K, pose)
-                )
+                call = functools.partial(maps[name].integrate, **LAYOUTS[name])
+                times[name].append(timed_ms(call, arrays[name], frame.depth_m, K, pose))
             # Reading the frame's memory once, in storage order: a lower bound of any pass.
             times["read-cf"].append(median_ms(repeats, _read_once, emb_cf))
             times["read-cl"].append(median_ms(repeats, _read_once, emb_cl.transpose(1, 2, 0)))
@@ -106,26 +122,30 @@ def section_integration(small: list, large: tuple, repeats: int) -> EmbeddingMap
         skip = WARMUP_FRAMES if (h, w) == SMALL else 1
         med = {k: statistics.median(v[skip:]) for k, v in times.items()}
         res, timed = f"{h}x{w}", len(frames) - skip
-        for layout, read in zip(layouts, ("read-cf", "read-cl"), strict=True):
+        for layout, read in zip(layouts, ("read-cf", "read-cl", None), strict=True):
             ms = med[layout]
             target = target_note(ms, 20.0) if (h, w) == SMALL else ""
-            rows.append((res, f"read once ({layout}, baseline)", timed, f"{med[read]:.1f}", "1.0"))
-            rows[-1] += ("", "")
-            ratio = f"{ms / med[read]:.1f}"
-            rows.append((res, f"integrate {layout}", timed, f"{ms:.1f}", ratio, target))
+            if read is not None:
+                rows.append((res, f"read once ({layout}, baseline)", timed, f"{med[read]:.1f}"))
+                rows[-1] += ("1.0", "", "", "")
+            ratio = f"{ms / med[read or 'read-cl']:.1f}"
+            vs_cl = f"{ms / med['channels-last']:.2f}"
+            rows.append((res, f"integrate {layout}", timed, f"{ms:.1f}", ratio, vs_cl, target))
             rows[-1] += (f"{len(maps[layout]):,}",)
         if (h, w) == SMALL:
             kept = maps["channels-last"]
     print_table(
         f"1. Integration of one 768-d frame into a float16 map (max_depth_m {MAX_DEPTH_M:g}) "
         "that holds the earlier frames",
-        "resolution|case|frames timed|median ms/frame|x read once|target 120x160 <= 20 ms|"
-        "voxels after",
+        "resolution|case|frames timed|median ms/frame|x read once|x channels-last float32|"
+        "target 120x160 <= 20 ms|voxels after",
         rows,
         [
-            "channels-last = (768, h, w) view of an (h, w, 768) array; read once = "
-            "torch.from_numpy(array in storage order).sum(); medians over the frames after the "
-            f"first {WARMUP_FRAMES} (large resolution: after the first)"
+            "channels-last = (768, h, w) view of an (h, w, 768) float32 array; float16 unit = "
+            "the same frame L2-normalised per pixel in float16 (the fused backend's output), "
+            "integrated with assume_unit=True (x read once: against the float32 channel-last "
+            "read); read once = torch.from_numpy(array in storage order).sum(); medians over "
+            f"the frames after the first {WARMUP_FRAMES} (large resolution: after the first)"
         ],
     )
     assert kept is not None
@@ -369,7 +389,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test, < 1 min)")
     parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's choice); 1 keeps timings usable while another "
+        "process loads every core, where thread oversubscription slows small ops ~20x",
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     size = {name: value[1 if args.quick else 0] for name, value in SIZES.items()}
     torch.manual_seed(0)
     print(machine_line())

@@ -120,10 +120,18 @@ class EmbeddingMap:
         K: np.ndarray | torch.Tensor,
         T_world_cam: np.ndarray | torch.Tensor,
         confidence: torch.Tensor | np.ndarray | None = None,
+        *,
+        assume_unit: bool = False,
     ) -> IntegrationStats:
-        """Fuse one frame; see `EmbeddingIntegrator.integrate` for the argument contract."""
+        """Fuse one frame; see `EmbeddingIntegrator.integrate` for the argument contract.
+
+        `assume_unit=True` skips the per-pixel norm for embeddings that are already unit length
+        (the fused backend's normalised float16 output); it is checked on a sample only.
+        """
         with self._lock:
-            return self._integrator.integrate(embedding, depth_m, K, T_world_cam, confidence)
+            return self._integrator.integrate(
+                embedding, depth_m, K, T_world_cam, confidence, assume_unit=assume_unit
+            )
 
     def query(
         self,

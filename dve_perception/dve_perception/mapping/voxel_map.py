@@ -90,6 +90,7 @@ class VoxelEmbeddingMap:
         directions: torch.Tensor,
         weights: torch.Tensor,
         camera_position_m: torch.Tensor,
+        slots: torch.Tensor | None = None,
     ) -> tuple[int, int]:
         """Fuse one frame's per-voxel observations; return (voxels created, voxels evicted).
 
@@ -104,9 +105,12 @@ class VoxelEmbeddingMap:
             directions: (U, D) float32 unit embeddings, one per key (the frame's voxel means).
             weights: (U,) float32 observation weights in (0, 1].
             camera_position_m: (3,) float32 camera centre in the world frame.
+            slots: `find(keys)` on the map as it is now, when the caller already has it. Keys
+                already in the map listed before new ones (the integrator's order) are fused
+                without copying rows.
         """
         codes = self.encode(directions)
-        slots = self._index.find(keys)
+        slots = self._index.find(keys) if slots is None else slots
         new = slots < 0
         created = int(new.sum())
         removed = 0
@@ -122,8 +126,12 @@ class VoxelEmbeddingMap:
                 removed += created - room
                 keys, codes, weights = keys[admitted], codes[admitted], weights[admitted]
                 slots, new, created = slots[admitted], new[admitted], room
+        existing = keys.numel() - created
         if created == 0:  # the common case once a place is mapped: no row copies
             self._update_existing(slots, codes, weights)
+        elif not bool(new[:existing].any()):  # existing first, then new: slices, no row copies
+            self._update_existing(slots[:existing], codes[:existing], weights[:existing])
+            self._append(keys[existing:], codes[existing:], weights[existing:])
         else:
             old_rows = (~new).nonzero().squeeze(1)
             self._update_existing(slots[old_rows], codes[old_rows], weights[old_rows])
@@ -135,6 +143,10 @@ class VoxelEmbeddingMap:
             if self._size >= self.config.pca_fit_voxels:
                 self.fit_basis()
         return created, removed
+
+    def find(self, keys: torch.Tensor) -> torch.Tensor:
+        """Return the (M,) int64 storage slots of (M,) packed keys, -1 where not in the map."""
+        return self._index.find(keys)
 
     def encode(self, directions: torch.Tensor) -> torch.Tensor:
         """Project (M, D) float32 embeddings into the stored feature space (float32)."""
@@ -297,9 +309,11 @@ class VoxelEmbeddingMap:
             self._resize(min(grown, self.config.max_voxels), self.feature_dim)
         start, end = self._size, self._size + m
         self._keys[start:end] = keys
-        stored = codes.to(torch.float16)
-        self._features[start:end] = stored
-        self._norms[start:end] = _row_norms(stored)
+        stored = self._features[start:end]
+        stored.copy_(codes)  # rounds to float16 in place, no temporary
+        # Norms as `_row_norms` computes them, in a reused float32 buffer (no page faults).
+        rows = self._workspace.get("rows_float32", (m, self.feature_dim), torch.float32)
+        self._norms[start:end] = torch.linalg.vector_norm(rows.copy_(stored), dim=1)
         self._weights[start:end] = weights.clamp_max(self.config.weight_cap)
         self._last_seen[start:end] = self.frame_count
         self._index.insert(keys, torch.arange(start, end, device=self.device))
