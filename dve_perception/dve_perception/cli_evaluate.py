@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 from dve_perception.cli_maps import _add_network_arguments, _network_choice
-from dve_perception.errors import ConfigError, InputError
+from dve_perception.errors import ConfigError
 
-__all__ = ["add_evaluate_parser", "read_prototypes_file"]
+__all__ = ["add_evaluate_parser"]
 
 _LOG = logging.getLogger("dve_perception.cli")
 
@@ -84,6 +84,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         prototypes, _ = prototypes_from_targets(folder, dataset.num_classes, text)
         mode, meaningful_text = "visual_mean", text_provenance.get("meaningful_text", True)
     else:
+        from dve_perception.evaluation.segmentation_eval import read_prototypes_file
+
         mode, prototypes = "visual_mean", read_prototypes_file(Path(args.prototypes))
     pipeline, provenance = build_pipeline(_network_choice(args, models_dir))
     result = evaluate_segmentation(pipeline, dataset, prototypes, mode=mode, limit=args.limit)
@@ -94,29 +96,3 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if provenance.get("meaningful_weights") is False or not meaningful_text:
         _LOG.warning("results come from generated/random weights and carry no meaning")
     return 0
-
-
-def read_prototypes_file(path: Path):  # noqa: ANN201 - torch is imported lazily
-    """Read a (K, D) prototype matrix from a .npy file or a tensor saved with `torch.save`.
-
-    Raises:
-        InputError: the file is missing, unreadable or does not hold a 2-D float matrix.
-    """
-    import numpy as np
-    import torch
-
-    if not path.is_file():
-        raise InputError(f"prototype file {path} does not exist; expected a .pt or .npy file")
-    try:
-        if path.suffix == ".npy":
-            value = torch.from_numpy(np.load(path, allow_pickle=False))
-        else:
-            value = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise InputError(f"cannot read prototype file {path}: {err}") from err
-    if not isinstance(value, torch.Tensor) or value.ndim != 2 or not value.is_floating_point():
-        raise InputError(
-            f"prototype file {path} must hold one (K, D) float tensor, got "
-            f"{getattr(value, 'shape', type(value).__name__)}"
-        )
-    return value.float()

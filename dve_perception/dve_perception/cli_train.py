@@ -148,6 +148,18 @@ def _add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--proxy", type=Path, metavar="CKPT", help="trained DVEFormer whose output is the target"
     )
+    group.add_argument(
+        "--dkd-weight",
+        type=float,
+        default=0.0,
+        help="closed-set DKD logit-distillation weight (needs --dkd-prototypes)",
+    )
+    group.add_argument(
+        "--dkd-prototypes",
+        type=Path,
+        metavar="FILE",
+        help="(K, D) class prototypes (.pt/.npy) of the closed-set head, K = classes.txt lines",
+    )
     proxy_model = group.add_mutually_exclusive_group()
     proxy_model.add_argument(
         "--proxy-variant", choices=("reducedres", "fullres"), help="default: from the file"
@@ -223,6 +235,8 @@ def _run_train(args: argparse.Namespace) -> int:
         teacher_weights=args.teacher_weights,
         proxy_checkpoint=str(args.proxy or ""),
         proxy_model=proxy_model,
+        dkd_weight=args.dkd_weight,
+        dkd_prototypes=str(args.dkd_prototypes or ""),
     )
     trainer = Trainer(config, args.dataset, resume=args.resume, overwrite=args.overwrite)
     logs = trainer.train()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +27,13 @@ from dve_perception.training.dataset import RGBDDataset
 if TYPE_CHECKING:
     from dve_perception.pipeline import FrameEmbedder
 
-__all__ = ["MODES", "SegmentationResult", "evaluate_segmentation", "sample_frame"]
+__all__ = [
+    "MODES",
+    "SegmentationResult",
+    "evaluate_segmentation",
+    "read_prototypes_file",
+    "sample_frame",
+]
 
 #: The evaluation protocols; only "linear_probing" uses its class vectors unnormalised.
 MODES = ("text", "visual_mean", "linear_probing")
@@ -139,3 +146,27 @@ def evaluate_segmentation(
 
 def _none_if_nan(value: float) -> float | None:
     return None if math.isnan(value) else value
+
+
+def read_prototypes_file(path: str | Path) -> torch.Tensor:
+    """Read a (K, D) prototype matrix from a .npy file or a tensor saved with `torch.save`.
+
+    Raises:
+        InputError: the file is missing, unreadable or does not hold a 2-D float matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prototype file {path} does not exist; expected a .pt or .npy file")
+    try:
+        if path.suffix == ".npy":
+            value = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file for the user
+        raise InputError(f"cannot read prototype file {path}: {err}") from err
+    if not isinstance(value, torch.Tensor) or value.ndim != 2 or not value.is_floating_point():
+        raise InputError(
+            f"prototype file {path} must hold one (K, D) float tensor, got "
+            f"{getattr(value, 'shape', type(value).__name__)}"
+        )
+    return value.float()

@@ -14,6 +14,14 @@ the student (and so never enter the official checkpoint; the trainer keeps them 
 - Extra teachers (`teacher_names[1:]`): a 1x1 convolution head per teacher from the student's
   raw embedding (D) to that teacher's target width, trained with the cosine loss on that
   teacher's stored targets.
+- DKD (`dkd_weight > 0`): decoupled logit distillation for a closed-set head over the
+  dataset's K classes (`closed_set_dkd`). Student logits are `dkd_logit_scale` x the cosine
+  between the student's embedding and the user's (K, D) prototypes (`dkd_prototypes`); teacher
+  logits are the same with the (main) dense target embedding; the class is the semantic label
+  (void ignored) sampled at output pixel centres. With `dkd_dynamic_weights`, the KL summands
+  get `kd_losses.teacher_confidence_weights`. The prototypes are a frozen, non-persistent
+  buffer: a learnable head could lower the term by moving itself instead of the student (or
+  by shrinking both logit sets towards uniform), and freezing it keeps resume unchanged.
 - Proxy (`proxy_checkpoint`): a frozen DVEFormer whose normalised output (area-averaged and
   renormalised to the student's output size) replaces the stored main targets, on pixels that
   are not void in the semantic labels.
@@ -25,23 +33,40 @@ and `state_dict()` contain only the learnable parts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dve_perception.errors import ConfigError
+from dve_perception.errors import ConfigError, InputError
 from dve_perception.model.dveformer import DVEFormer
-from dve_perception.postprocess import downsample_unit_embedding, normalize_embedding
+from dve_perception.postprocess import (
+    class_scores,
+    downsample_unit_embedding,
+    normalize_embedding,
+)
 from dve_perception.training.alpha_clip import AlphaCLIPVisionTransformer
 from dve_perception.training.features import StudentStageHook, teacher_token_features
-from dve_perception.training.kd_losses import CKALoss, FeatureRecalibration, PatchEmbeddingAlignment
+from dve_perception.training.kd_losses import (
+    CKALoss,
+    FeatureRecalibration,
+    PatchEmbeddingAlignment,
+    dkd_loss,
+    teacher_confidence_weights,
+)
 from dve_perception.training.losses import cosine_embedding_loss, downscale_target
 from dve_perception.training.train_config import TrainConfig
 from dve_perception.training.train_data import dense_targets
 
-__all__ = ["DistillationTerms", "check_teacher", "proxy_targets"]
+__all__ = [
+    "DistillationTerms",
+    "check_teacher",
+    "closed_set_dkd",
+    "load_dkd_prototypes",
+    "proxy_targets",
+]
 
 
 def check_teacher(teacher: object) -> AlphaCLIPVisionTransformer:
@@ -70,10 +95,12 @@ class DistillationTerms(nn.Module):
         teacher: the live Alpha-CLIP teacher; required when TransKD or CKA is on.
         proxy: a trained DVEFormer whose output replaces the stored main targets.
         extra_dims: target width of each extra teacher (`teacher_names[1:]`).
+        prototypes: (K, D) closed-set class prototypes; required when `dkd_weight > 0`.
 
     Raises:
         ConfigError: TransKD/CKA without a teacher, a teacher of another kind, or a proxy whose
-            embedding width or output stride does not fit the student.
+            embedding width or output stride does not fit the student; DKD without prototypes
+            or with prototypes of another width than the student's embedding.
     """
 
     def __init__(
@@ -85,8 +112,10 @@ class DistillationTerms(nn.Module):
         teacher: nn.Module | None = None,
         proxy: nn.Module | None = None,
         extra_dims: Sequence[int] = (),
+        prototypes: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        self._build_dkd(config, student, prototypes)
         self.transkd_weight = float(config.transkd_weight)
         self.cka_weight = float(config.cka_weight)
         weights = config.teacher_weights or (1.0,) * len(config.target_names)
@@ -114,6 +143,33 @@ class DistillationTerms(nn.Module):
             self._frozen["proxy"] = _frozen(_check_proxy(proxy, student), device)
         self.heads = nn.ModuleList(
             nn.Conv2d(student.config.embedding_dim, dim, kernel_size=1) for dim in extra_dims
+        )
+
+    def _build_dkd(
+        self, config: TrainConfig, student: DVEFormer, prototypes: torch.Tensor | None
+    ) -> None:
+        self.dkd_weight = float(config.dkd_weight)
+        self.dkd_options = {
+            "logit_scale": float(config.dkd_logit_scale),
+            "alpha": float(config.dkd_alpha),
+            "beta": float(config.dkd_beta),
+            "temperature": float(config.dkd_temperature),
+            "dynamic_weights": bool(config.dkd_dynamic_weights),
+        }
+        if self.dkd_weight and prototypes is None:
+            raise ConfigError("dkd_weight > 0 needs the closed-set prototypes (dkd_prototypes)")
+        if prototypes is not None:
+            dim = student.config.embedding_dim
+            if prototypes.ndim != 2 or prototypes.shape[1] != dim:
+                raise ConfigError(
+                    f"DKD prototypes have shape {tuple(prototypes.shape)}, expected (K, {dim}) "
+                    "for the student's embedding width"
+                )
+        # Frozen and non-persistent: not optimised, not in state_dict() or resume.pth.
+        self.register_buffer(
+            "prototypes",
+            None if prototypes is None else prototypes.detach().float().clone(),
+            persistent=False,
         )
 
     def _build_feature_terms(self, config: TrainConfig, student: DVEFormer) -> None:
@@ -158,6 +214,12 @@ class DistillationTerms(nn.Module):
         cosine = cosine_embedding_loss(pred, target)
         terms = {"loss_cosine": cosine}
         loss = self.main_weight * cosine
+        if self.dkd_weight:
+            semantic = batch["semantic"].to(device)
+            terms["loss_dkd"] = closed_set_dkd(
+                pred, target, semantic, self.prototypes, **self.dkd_options
+            )
+            loss = loss + self.dkd_weight * terms["loss_dkd"]
         for name, weight, head, tables in zip(
             self.extra_names,
             self.extra_weights,
@@ -183,6 +245,78 @@ class DistillationTerms(nn.Module):
         grid = round(final_tokens.shape[1] ** 0.5)
         student = F.interpolate(last_stage, size=(grid, grid), mode="bilinear", align_corners=False)
         return self.cka(student, final_tokens)
+
+
+def closed_set_dkd(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    semantic: torch.Tensor,
+    prototypes: torch.Tensor,
+    *,
+    logit_scale: float = 100.0,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+    dynamic_weights: bool = True,
+) -> torch.Tensor:
+    """DKD between the closed-set logits of the student's output and of the target embedding.
+
+    Args:
+        pred: (B, D, h, w) raw student embedding.
+        target: (B, D, h, w) teacher target embedding (void pixels may be zero).
+        semantic: (B, H, W) class ids at crop size (0 void, 1..K), sampled at output pixel
+            centres (`losses.downscale_target`).
+        prototypes: (K, D) class prototypes (normalised here).
+        logit_scale: logits = logit_scale * cosine.
+        alpha: weight of the target-class KL term (TCKD).
+        beta: weight of the non-target KL term (NCKD).
+        temperature: softmax temperature of both terms (and of the dynamic weights).
+        dynamic_weights: per-logit `teacher_confidence_weights`; False gives plain DKD.
+
+    Returns:
+        0-dim loss averaged over non-void pixels.
+
+    Raises:
+        InputError: labels outside 0..K, or shapes that do not fit.
+    """
+    labels = downscale_target(semantic, tuple(pred.shape[-2:])).long() - 1  # void -> -1
+    student = logit_scale * class_scores(pred.float(), prototypes)
+    with torch.no_grad():
+        teacher = logit_scale * class_scores(target.float(), prototypes)
+    weights = None
+    if dynamic_weights:
+        weights = teacher_confidence_weights(teacher, labels, temperature)
+    return dkd_loss(
+        student,
+        teacher,
+        labels,
+        alpha=alpha,
+        beta=beta,
+        temperature=temperature,
+        weights=weights,
+        ignore_index=-1,
+    )
+
+
+def load_dkd_prototypes(path: str, num_classes: int, embedding_dim: int) -> torch.Tensor:
+    """Read the closed-set head's (K, D) prototypes (a `.pt` tensor or `.npy`, as `evaluate`).
+
+    Raises:
+        InputError: a missing/unreadable file, or one whose (K, D) does not match the dataset's
+            class count and the student's embedding width.
+    """
+    from dve_perception.evaluation.segmentation_eval import read_prototypes_file
+
+    prototypes = read_prototypes_file(Path(path))
+    if tuple(prototypes.shape) != (num_classes, embedding_dim):
+        raise InputError(
+            f"DKD prototype file {path} holds a {tuple(prototypes.shape)} matrix, expected "
+            f"({num_classes}, {embedding_dim}): one row per class of classes.txt, as wide as the "
+            "student's embedding"
+        )
+    if not bool(torch.isfinite(prototypes).all()):
+        raise InputError(f"DKD prototype file {path} has non-finite values; expected finite")
+    return prototypes
 
 
 def _check_proxy(proxy: nn.Module, student: DVEFormer) -> DVEFormer:

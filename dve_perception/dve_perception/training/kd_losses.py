@@ -251,6 +251,11 @@ def _flatten_logits(
     return student, teacher, target.reshape(-1).long()
 
 
+def _mass_gap(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Elementwise q - p (masked entries, where both are exp(-inf) = 0, give 0)."""
+    return log_q.exp() - log_p.exp()
+
+
 def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Elementwise p * (log p - log q) with 0 log 0 = 0.
 
@@ -294,9 +299,12 @@ def dkd_terms(
     temperature T): TCKD = KL(b^T || b^S), NCKD = KL(p-hat^T || p-hat^S), and the classical KD
     loss decomposes as KD = TCKD + (1 - p_t^T) NCKD (DKD, Eq. 1).
 
-    Per-logit weights (our reading of LIX's dynamically weighted DKD) scale each KL summand:
-    the target class's weight w_t scales TCKD, and w_k scales class k's term of NCKD:
-    NCKD_w = sum_{k != t} w_k p-hat^T_k log(p-hat^T_k / p-hat^S_k). All-ones weights give DKD.
+    Per-logit weights (our reading of LIX's dynamically weighted DKD) scale each summand of the
+    generalised KL, d(p, q) = p log(p / q) - p + q (>= 0 per summand, unlike p log(p / q)): the
+    target class's weight w_t scales TCKD, and w_k scales class k's term of NCKD:
+    NCKD_w = sum_{k != t} w_k d(p-hat^T_k, p-hat^S_k). Over a row the -p + q parts sum to 0, so
+    all-ones weights give DKD; any non-negative weights keep the loss >= 0 with its minimum at
+    the teacher's distribution.
 
     Args:
         student_logits: (B, K) or (B, K, H, W).
@@ -343,8 +351,13 @@ def dkd_terms(
     log_hat_t = F.log_softmax(t.masked_fill(is_target, float("-inf")), dim=1)
     nckd_terms = _kl_rows(log_hat_t, log_hat_s)
     if w is not None:
-        tckd_terms = tckd_terms * w.gather(1, y[:, None])
-        nckd_terms = nckd_terms * w
+        # Weighted, each summand must stay a divergence on its own: p log(p/q) alone can be
+        # negative, so a non-uniform weighting of it would let the student "win" by making its
+        # distribution sharper than the teacher's. The generalised KL summand p log(p/q) - p + q
+        # is >= 0 and 0 only at p = q; its extra terms sum to 0 over a row, so all-ones weights
+        # still give DKD exactly.
+        tckd_terms = (tckd_terms + _mass_gap(binary[1], binary[0])) * w.gather(1, y[:, None])
+        nckd_terms = (nckd_terms + _mass_gap(log_hat_t, log_hat_s)) * w
     return tckd_terms.sum(dim=1), nckd_terms.sum(dim=1), binary[1][:, 0].exp()
 
 

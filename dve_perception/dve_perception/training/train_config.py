@@ -95,6 +95,21 @@ class TrainConfig:
     proxy_model: str | DVEFormerConfig = field(
         default="", metadata=_doc("proxy architecture; empty: detected from the checkpoint")
     )
+    dkd_weight: float = field(
+        default=0.0, metadata=_doc("closed-set DKD logit-distillation weight; 0: off")
+    )
+    dkd_prototypes: str = field(
+        default="", metadata=_doc("(K, D) class prototypes (.pt/.npy) of the closed-set head")
+    )
+    dkd_alpha: float = field(default=1.0, metadata=_doc("DKD weight of the target-class term"))
+    dkd_beta: float = field(default=8.0, metadata=_doc("DKD weight of the non-target term"))
+    dkd_temperature: float = field(default=4.0, metadata=_doc("DKD softmax temperature"))
+    dkd_logit_scale: float = field(
+        default=100.0, metadata=_doc("closed-set logits = scale * cosine (CLIP's 100)")
+    )
+    dkd_dynamic_weights: bool = field(
+        default=True, metadata=_doc("teacher-confidence per-logit weights; off: plain DKD")
+    )
     max_steps: int = field(default=0, metadata=_doc("stop after this many steps; 0: no limit"))
     progress: bool = field(default=True, metadata=_doc("show a tqdm progress bar"))
 
@@ -129,10 +144,20 @@ class TrainConfig:
         self._check_distillation()
 
     def _check_distillation(self) -> None:
-        for name in ("transkd_weight", "cka_weight"):
+        for name in ("transkd_weight", "cka_weight", "dkd_weight", "dkd_alpha", "dkd_beta"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be finite and >= 0, got {value!r}")
+        for name in ("dkd_temperature", "dkd_logit_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be finite and > 0, got {value!r}")
+        if bool(self.dkd_weight) != bool(self.dkd_prototypes):
+            raise ConfigError(
+                "dkd_weight and dkd_prototypes go together: the DKD term needs the closed-set "
+                f"head's prototype file, got dkd_weight={self.dkd_weight} and "
+                f"dkd_prototypes={self.dkd_prototypes!r}"
+            )
         if self.teacher_checkpoint and not (self.transkd_weight or self.cka_weight):
             raise ConfigError(
                 "teacher_checkpoint is only used by the TransKD/CKA terms, but transkd_weight "

@@ -35,7 +35,7 @@ from dve_perception.model.checkpoint import load_checkpoint, read_checkpoint_fil
 from dve_perception.model.dveformer import DVEFormer, build_dveformer
 from dve_perception.training.dataset import RGBDDataset
 from dve_perception.training.depth_encoding import with_pde_depth_stem
-from dve_perception.training.distillation_terms import DistillationTerms
+from dve_perception.training.distillation_terms import DistillationTerms, load_dkd_prototypes
 from dve_perception.training.losses import cosine_embedding_loss
 from dve_perception.training.targets import load_targets, targets_dir
 from dve_perception.training.train_config import TrainConfig
@@ -176,7 +176,7 @@ class Trainer:
                 f"into {config.model_config.embedding_dim}; use the teacher whose width matches "
                 "the student's embedding_dim as the main teacher (first of teacher_names)"
             )
-        distil = config.transkd_weight or config.cka_weight or len(dims) > 1
+        distil = config.transkd_weight or config.cka_weight or config.dkd_weight or len(dims) > 1
         if not (distil or proxy is not None or config.proxy_checkpoint):
             return None
         if teacher is None and config.teacher_checkpoint:
@@ -194,8 +194,21 @@ class Trainer:
                 config.proxy_model or None,
                 trusted=config.trust_checkpoint,
             )
+        prototypes = None
+        if config.dkd_weight:
+            prototypes = load_dkd_prototypes(
+                config.dkd_prototypes,
+                self.data.dataset.num_classes,
+                config.model_config.embedding_dim,
+            )
         terms = DistillationTerms(
-            config, self.model, self.device, teacher=teacher, proxy=proxy, extra_dims=dims[1:]
+            config,
+            self.model,
+            self.device,
+            teacher=teacher,
+            proxy=proxy,
+            extra_dims=dims[1:],
+            prototypes=prototypes,
         )
         return terms.to(self.device).train()
 

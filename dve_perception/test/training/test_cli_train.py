@@ -183,3 +183,25 @@ def _compute_named(files: dict[str, Path], name: str) -> int:
             "cpu",
         ]
     )
+
+
+def test_train_with_dkd_logs_the_term_and_a_bad_prototype_file_is_a_one_line_error(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _compute(files) == 0
+    prototypes = files["out"].parent / "prototypes.pt"
+    torch.save(torch.randn(3, STUDENT.embedding_dim), prototypes)  # 3 synthetic classes
+    flags = ["--dkd-weight", "0.5", "--dkd-prototypes", str(prototypes), "--max-steps", "1"]
+    assert _train(files, *flags) == 0
+    record = json.loads((files["out"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["loss"] == pytest.approx(record["loss_cosine"] + 0.5 * record["loss_dkd"])
+    load_checkpoint(files["out"] / "last.pth", STUDENT)
+
+    for shape in [(4, STUDENT.embedding_dim), (3, STUDENT.embedding_dim + 1)]:
+        torch.save(torch.randn(*shape), prototypes)
+        assert _train(files, *flags, "--overwrite") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert f"holds a {shape} matrix, expected (3, {STUDENT.embedding_dim})" in err
+    assert _train(files, "--overwrite", "--dkd-weight", "1") == 2
+    assert "dkd_weight and dkd_prototypes go together" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,17 @@ from dve_perception.training.alpha_clip import (
     preprocess_rgb,
 )
 from dve_perception.training.dataset import RGBDDataset
-from dve_perception.training.distillation_terms import DistillationTerms, proxy_targets
+from dve_perception.training.distillation_terms import (
+    DistillationTerms,
+    closed_set_dkd,
+    proxy_targets,
+)
 from dve_perception.training.features import (
     StudentStageHook,
     teacher_layers,
     teacher_token_features,
 )
+from dve_perception.training.linear_probing import prototypes_from_targets
 from dve_perception.training.synthetic_dataset import write_synthetic_dataset
 from dve_perception.training.targets import DEFAULT_TEACHER_NAME, compute_targets, targets_dir
 from dve_perception.training.train_config import TrainConfig
@@ -47,6 +53,20 @@ def _teacher(config: AlphaCLIPVisionConfig = LIVE_TEACHER, seed: int = 1) -> tor
     with torch.no_grad():  # a non-zero alpha conv, as a trained Alpha-CLIP has
         teacher.conv1_alpha.weight.normal_(0, 0.02)
     return teacher
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> object:
+    """Run this file's tiny models on one intra-op thread, restoring the setting afterwards.
+
+    Their ops are microseconds long, so a second thread gains nothing, while on a busy 2-core
+    machine (the full suite running beside) every op's thread barrier waits for a descheduled
+    worker; the likely cause of the ~38 s first TransKD case seen there (25 steps take <1 s).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +146,7 @@ def test_teacher_tokens_are_the_patch_tokens_of_the_blocks_on_a_full_image_mask(
         ({"transkd_weight": 1.0}, "loss_transkd"),
         ({"cka_weight": 1.0}, "loss_cka"),
         ({"teacher_names": (DEFAULT_TEACHER_NAME, "other")}, "loss_cosine_other"),
+        ({"dkd_weight": 1.0}, "loss_dkd"),
     ],
 )
 def test_each_term_is_finite_at_init_and_falls_when_trained_alone_on_a_fixed_batch(
@@ -134,8 +155,10 @@ def test_each_term_is_finite_at_init_and_falls_when_trained_alone_on_a_fixed_bat
     names = changes.get("teacher_names", (DEFAULT_TEACHER_NAME,))
     # Main cosine weight 0 (and no other weight), so only `term` drives the updates.
     weights = (0.0,) + (1.0,) * (len(names) - 1)
+    if term == "loss_dkd":
+        changes = {**changes, "dkd_prototypes": str(_prototypes_file(root, tmp_path))}
     config = _config(tmp_path / "run", teacher_weights=weights, **changes)
-    live = None if term == "loss_cosine_other" else _teacher()
+    live = _teacher() if term in ("loss_transkd", "loss_cka") else None
     trainer = Trainer(config, root, teacher=live)
     batch = _batch(trainer)
     optimizer = torch.optim.Adam(
@@ -154,6 +177,97 @@ def test_each_term_is_finite_at_init_and_falls_when_trained_alone_on_a_fixed_bat
     if term == "loss_cka":
         assert values[0] <= 1.0
     assert min(values[-5:]) < 0.75 * values[0]
+
+
+def _prototypes_file(root: Path, tmp_path: Path) -> Path:
+    """Visual-mean prototypes of the 3 synthetic classes, as a user would make them."""
+    prototypes, unseen = prototypes_from_targets(targets_dir(root), 3)
+    assert unseen == []
+    path = tmp_path / "prototypes.pt"
+    torch.save(prototypes, path)
+    return path
+
+
+def _dkd_by_hand(
+    student: list[float], teacher: list[float], label: int, weights: list[float], t: float
+) -> float:
+    """DKD of one example from its logits, written out with math (alpha 1, beta 8)."""
+    ps = [math.exp(v / t) for v in student]
+    pt = [math.exp(v / t) for v in teacher]
+    ps, pt = [v / sum(ps) for v in ps], [v / sum(pt) for v in pt]
+    tckd = pt[label] * math.log(pt[label] / ps[label]) + (1 - pt[label]) * math.log(
+        (1 - pt[label]) / (1 - ps[label])
+    )
+    rest = [k for k in range(len(ps)) if k != label]
+    hat_s = {k: ps[k] / (1 - ps[label]) for k in rest}
+    hat_t = {k: pt[k] / (1 - pt[label]) for k in rest}
+    # Generalised KL summands (p log p/q - p + q): each >= 0, so weights keep a divergence.
+    nckd = sum(
+        weights[k] * (hat_t[k] * math.log(hat_t[k] / hat_s[k]) - hat_t[k] + hat_s[k]) for k in rest
+    )
+    return (weights[label] * tckd + 8.0 * nckd) * t**2
+
+
+def test_dkd_term_uses_teacher_confidence_weights_that_differ_from_uniform_ones() -> None:
+    # Identity prototypes: the logits are the scale times the unit embedding's coordinates.
+    prototypes = torch.eye(3)
+    pred = torch.tensor([[0.6, 0.8, 0.0], [1.0, 2.0, 3.0]]).T.reshape(1, 3, 1, 2)
+    target = torch.tensor([[0.8, 0.0, 0.6], [0.0, 0.0, 1.0]]).T.reshape(1, 3, 1, 2)
+    semantic = torch.tensor([[[1, 0]]])  # class 0 on pixel 0; pixel 1 is void (ignored)
+    scale, t = 10.0, 2.0
+    student, teacher = [6.0, 8.0, 0.0], [8.0, 0.0, 6.0]
+    # Teacher's non-target distribution over classes 1, 2 at temperature t, rescaled to mean 1.
+    e1, e2 = math.exp(0.0 / t), math.exp(6.0 / t)
+    dynamic = [1.0, 2 * e1 / (e1 + e2), 2 * e2 / (e1 + e2)]
+    options = {"logit_scale": scale, "alpha": 1.0, "beta": 8.0, "temperature": t}
+    got_dynamic = closed_set_dkd(pred, target, semantic, prototypes, **options)
+    got_uniform = closed_set_dkd(
+        pred, target, semantic, prototypes, dynamic_weights=False, **options
+    )
+    assert float(got_dynamic) == pytest.approx(_dkd_by_hand(student, teacher, 0, dynamic, t))
+    assert float(got_uniform) == pytest.approx(_dkd_by_hand(student, teacher, 0, [1.0] * 3, t))
+    assert abs(float(got_dynamic) - float(got_uniform)) > 0.1 * float(got_uniform)
+
+
+def test_dkd_term_is_zero_when_the_student_embedding_equals_the_target() -> None:
+    torch.manual_seed(5)
+    target = F.normalize(torch.randn(2, 8, 4, 6), dim=1)
+    semantic = torch.randint(0, 4, (2, 16, 24))
+    prototypes = torch.randn(3, 8)
+    for dynamic in (True, False):
+        same = closed_set_dkd(3.0 * target, target, semantic, prototypes, dynamic_weights=dynamic)
+        other = closed_set_dkd(
+            torch.randn(2, 8, 4, 6), target, semantic, prototypes, dynamic_weights=dynamic
+        )
+        assert abs(float(same)) < 1e-5 and float(other) > 1e-2
+    with pytest.raises(InputError, match=r"target classes must be in \[0, 3\)"):
+        closed_set_dkd(target, target, semantic + 1, prototypes)
+
+
+def test_trainer_with_dkd_sums_the_term_and_keeps_resume_state_unchanged(
+    root: Path, tmp_path: Path
+) -> None:
+    config = _config(
+        tmp_path / "run",
+        dkd_weight=0.5,
+        dkd_prototypes=str(_prototypes_file(root, tmp_path)),
+        max_steps=2,
+    )
+    trainer = Trainer(config, root)
+    trainer.train()
+    for r in _metrics(tmp_path / "run"):
+        assert r["loss"] == pytest.approx(r["loss_cosine"] + 0.5 * r["loss_dkd"], rel=1e-5)
+        assert math.isfinite(r["loss_dkd"]) and r["loss_dkd"] > 0
+    # Frozen prototypes: not optimised and not saved; the official checkpoint is the student's.
+    assert list(trainer.terms.parameters()) == []
+    assert torch.load(tmp_path / "run" / "resume.pth", weights_only=True)["distillation"] == {}
+    load_checkpoint(tmp_path / "run" / "last.pth", STUDENT)
+    Trainer(dataclasses.replace(config, max_steps=3), root, resume=True).train()
+    assert len(_metrics(tmp_path / "run")) == 3
+    bad = tmp_path / "bad.pt"
+    torch.save(torch.randn(3, 7), bad)
+    with pytest.raises(InputError, match=r"holds a \(3, 7\) matrix, expected \(3, 24\)"):
+        Trainer(dataclasses.replace(config, dkd_prototypes=str(bad)), root, overwrite=True)
 
 
 def test_without_distillation_settings_no_terms_are_built(root: Path, tmp_path: Path) -> None:
@@ -297,6 +411,10 @@ def test_inconsistent_distillation_settings_are_refused(
         ({"teacher_name": "x", "teacher_names": ("a",)}, "disagree"),
         ({"teacher_weights": (-1.0,)}, "finite and >= 0"),
         ({"proxy_model": "huge"}, "proxy_model must be empty or one of"),
+        ({"dkd_weight": 1.0}, "dkd_weight and dkd_prototypes go together"),
+        ({"dkd_prototypes": "p.pt"}, "dkd_weight and dkd_prototypes go together"),
+        ({"dkd_temperature": 0.0}, "dkd_temperature must be finite and > 0"),
+        ({"dkd_beta": float("nan")}, "dkd_beta must be finite and >= 0"),
     ],
 )
 def test_invalid_distillation_settings_are_rejected(changes: dict, message: str) -> None:

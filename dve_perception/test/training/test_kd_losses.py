@@ -198,9 +198,25 @@ def test_weights_scale_each_non_target_kl_term():
     tckd_w, nckd_w, _ = dkd_terms(s, t, y, temperature=1.0, weights=w)
     tckd, _, _ = dkd_terms(s, t, y, temperature=1.0)
     ps, pt = F.softmax(s[0, 1:], 0), F.softmax(t[0, 1:], 0)
-    by_hand = (w[1:] * pt * torch.log(pt / ps)).sum()
+    # Weighted summands are generalised KL terms, p log(p/q) - p + q, each non-negative.
+    by_hand = (w[1:] * (pt * torch.log(pt / ps) - pt + ps)).sum()
     assert torch.allclose(nckd_w[0], by_hand, atol=1e-6)
-    assert torch.allclose(tckd_w, 2.0 * tckd)
+    assert torch.allclose(tckd_w, 2.0 * tckd, atol=1e-6)
+
+
+def test_weighted_dkd_stays_a_divergence_for_any_non_negative_weights():
+    # With plain p log(p/q) summands a non-uniform weighting can go below 0, rewarding a
+    # student sharper than the teacher; the generalised summands cannot.
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        s = torch.randn(16, 6, generator=gen) * 3
+        t = torch.randn(16, 6, generator=gen) * 3
+        y = torch.randint(0, 6, (16,), generator=gen)
+        w = torch.rand(16, 6, generator=gen) * 4
+        tckd, nckd, _ = dkd_terms(s, t, y, temperature=2.0, weights=w)
+        assert (tckd >= -1e-6).all() and (nckd >= -1e-6).all()
+    same = dkd_terms(t, t, y, temperature=2.0, weights=w)
+    assert same[0].abs().max() < 1e-6 and same[1].abs().max() < 1e-6
 
 
 def test_ignored_pixels_are_dropped_and_an_all_void_batch_gives_zero():
