@@ -48,13 +48,12 @@ from dve_perception.postprocess import (
     normalize_embedding,
 )
 from dve_perception.training.alpha_clip import AlphaCLIPVisionTransformer
+from dve_perception.training.dkd import dkd_loss, teacher_confidence_weights
 from dve_perception.training.features import StudentStageHook, teacher_token_features
 from dve_perception.training.kd_losses import (
     CKALoss,
     FeatureRecalibration,
     PatchEmbeddingAlignment,
-    dkd_loss,
-    teacher_confidence_weights,
 )
 from dve_perception.training.losses import cosine_embedding_loss, downscale_target
 from dve_perception.training.train_config import TrainConfig

@@ -7,14 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from dve_perception.errors import InputError
+from dve_perception.training.dkd import dkd_loss, dkd_terms, teacher_confidence_weights
 from dve_perception.training.kd_losses import (
     CKALoss,
     FeatureRecalibration,
     PatchEmbeddingAlignment,
-    dkd_loss,
-    dkd_terms,
     linear_cka,
-    teacher_confidence_weights,
 )
 
 
