@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dve_perception import cli
+from dve_perception import cli, cli_export
 from dve_perception.backends import onnx_export
 from dve_perception.backends.fused_outputs import OUTPUT_NAME, FusedOutputs
 from dve_perception.backends.onnx_export import read_export_metadata
@@ -34,8 +34,8 @@ def test_export_onnx_with_generated_weights_warns_and_checks(tmp_path, capsys, c
     code = cli.main([*argv, "--output", str(out), "--check"])
 
     assert code == 0
-    assert cli.GENERATED_WEIGHTS_WARNING in warnings_logged(caplog)
-    assert "pass --weights with a published checkpoint" in cli.GENERATED_WEIGHTS_WARNING
+    assert cli_export.GENERATED_WEIGHTS_WARNING in warnings_logged(caplog)
+    assert "pass --weights with a published checkpoint" in cli_export.GENERATED_WEIGHTS_WARNING
     match = re.search(r"onnxruntime vs PyTorch relative L2 error: (\S+)", capsys.readouterr().out)
     assert match and float(match.group(1)) < 1e-4
     metadata = read_export_metadata(out)
@@ -100,7 +100,7 @@ def test_export_onnx_fuses_the_chosen_outputs_with_text_prototypes(monkeypatch, 
 
     exported, resolved = {}, {}
     monkeypatch.setattr(onnx_export, "export_onnx", lambda model, path, **kw: exported.update(kw))
-    monkeypatch.setattr(cli, "_load_model", lambda *args: "the model")
+    monkeypatch.setattr(cli_export, "_load_model", lambda *args: "the model")
 
     def fake_resolve(text_model, models_dir):
         resolved.update(text_model=text_model)
@@ -137,7 +137,7 @@ def test_export_onnx_check_applies_each_outputs_tolerance(
 
     monkeypatch.setattr(onnx_export, "export_onnx", lambda model, path, **kw: None)
     monkeypatch.setattr(onnx_export, "compare_with_onnxruntime", lambda *a, **kw: errors)
-    monkeypatch.setattr(cli, "_load_model", lambda *args: "the model")
+    monkeypatch.setattr(cli_export, "_load_model", lambda *args: "the model")
     monkeypatch.setattr(
         installed_models, "resolve_text_encoder", lambda *a: (FakeTextEncoder(), "clip", True)
     )
@@ -150,8 +150,8 @@ def test_export_onnx_check_applies_each_outputs_tolerance(
 
 
 def test_cli_check_tolerances_are_the_libraries():
-    assert cli.CHECK_TOLERANCE == onnx_export.FP32_TOLERANCE
-    assert cli.FP16_CHECK_TOLERANCE == onnx_export.FP16_TOLERANCE
+    assert cli_export.CHECK_TOLERANCE == onnx_export.FP32_TOLERANCE
+    assert cli_export.FP16_CHECK_TOLERANCE == onnx_export.FP16_TOLERANCE
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,7 @@ def test_export_onnx_rejects_bad_options_before_building_the_model(
     def no_build(*args):
         raise AssertionError("the model must not be built")
 
-    monkeypatch.setattr(cli, "_load_model", no_build)
+    monkeypatch.setattr(cli_export, "_load_model", no_build)
     argv = ["export-onnx", "--variant", "fullres", "--output", str(tmp_path / "m.onnx")]
     assert cli.main([*argv, *extra]) == 2
     assert message in capsys.readouterr().err
