@@ -150,6 +150,59 @@ def quantized(features: torch.Tensor, bits: int) -> torch.Tensor:
     return (f / scale).round().clamp(-levels, levels) * scale
 
 
+def pca_mixed_scores(
+    features: torch.Tensor, queries: torch.Tensor, basis: torch.Tensor, head: int, bits: int
+) -> torch.Tensor:
+    """(N, Q) scores of a mixed-precision PCA code, divided by the exact norm |m|.
+
+    The first `head` coefficients are float16, the remaining `basis.shape[1] - head` are
+    `bits`-bit integers with one float16 scale per voxel (`quantized`). Dividing by |m| (stored
+    beside the code) instead of by the code's own norm removes the bias of the truncation.
+    """
+    f = features.to(torch.float32)
+    coef = f @ basis
+    tail = coef[:, head:]
+    if tail.shape[1]:
+        tail = quantized(tail, bits)
+    coef = torch.cat([coef[:, :head].to(torch.float16).to(torch.float32), tail], dim=1)
+    return (coef @ (queries @ basis).T) / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def noisy_agreement(ref: torch.Tensor, std: float, repeats: int = 5, seed: int = 0) -> float:
+    """Mean top-10 agreement of `ref` with `ref` + independent Gaussian noise of `std`.
+
+    Any code whose score errors look like independent noise of this size gets about this.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    runs = [
+        float(topk_agreement(ref, ref + std * torch.randn(ref.shape, generator=gen)).mean())
+        for _ in range(repeats)
+    ]
+    return statistics.mean(runs)
+
+
+def gaussian_rate_bytes(features: torch.Tensor, queries: torch.Tensor, error_std: float) -> float:
+    """Bytes per voxel that any code needs for score errors of `error_std` (Gaussian model).
+
+    Rate-distortion of a Gaussian source with the voxel means' covariance (eigenvalues l_i):
+    reverse water-filling at level t costs sum_i max(0, log2(l_i / t) / 2) bits and leaves an
+    error of variance min(l_i, t) along eigenvector i, i.e. a score error variance of
+    sum_i <q, v_i>^2 min(l_i, t) for query q. t is the largest level at which the worst query
+    stays within `error_std`. The residual of the means is an average of pixel noise (near
+    Gaussian), so this is the rate a per-voxel code needs, whatever its design.
+    """
+    f = features.to(torch.float64)
+    lam, vec = torch.linalg.eigh(torch.cov((f / f.norm(dim=1, keepdim=True)).T))
+    lam = lam.clamp_min(1e-30)
+    energy = (queries.to(torch.float64) @ vec) ** 2  # (Q, D)
+    lo, hi = 1e-16, 1.0
+    for _ in range(80):  # bisection on a log scale
+        mid = (lo * hi) ** 0.5
+        worst = (energy * lam.clamp_max(mid)).sum(dim=1).max().sqrt()
+        lo, hi = (lo, mid) if worst > error_std else (mid, hi)
+    return float((torch.log2(lam / lo) / 2).clamp_min(0).sum()) / 8
+
+
 def topk_agreement(ref: torch.Tensor, approx: torch.Tensor, k: int = 10) -> torch.Tensor:
     """(Q,) |top-k of ref ∩ top-k of approx| / k per query column."""
     a = ref.topk(k, dim=0).indices.T

@@ -14,7 +14,9 @@ label prototype + smooth feature field (amplitude 0.5) + pixel noise 0.3, 5 cm v
    once). Target: 1,000,000 voxels <= 50 ms.
 3. Compression fidelity: scores of each encoding vs exact float32 cosines of the float16 map on
    the integrated scene (8 prototypes + 20 text-like queries): top-10 agreement, Spearman rank
-   correlation over all voxels, max |error|. Target: <= 256 B/voxel with top-10 agreement >= 0.95.
+   correlation over all voxels, max |error|. Target: <= 256 B/voxel with top-10 agreement >= 0.95;
+   strict agreement is out of reach of any such code on this scene (near-ties, see the "floor"
+   line), so the tie-aware "top-10 within 1e-3" is reported and judged beside it.
 4. Memory bound: two laps of the orbit into a map with max_voxels = 1/3 of the unbounded size.
 5. Hash index: `VoxelHashIndex` insert/find, and open3d's `core.HashMap` if it is importable.
 
@@ -46,8 +48,11 @@ from _mapping_scene import (
     bench_scene,
     cosines,
     fitted_basis,
+    gaussian_rate_bytes,
     machine_line,
     median_ms,
+    noisy_agreement,
+    pca_mixed_scores,
     print_table,
     project,
     quantized,
@@ -236,6 +241,20 @@ def _online_pca(small_frames: list, storage, queries: torch.Tensor, fit_voxels: 
 TIE_TOLERANCE = 1e-3
 
 
+def _floor_note(ref: torch.Tensor, features: torch.Tensor, queries: torch.Tensor) -> str:
+    """What any code can reach: agreement under score noise, and the bytes that noise costs."""
+    noisy = ", ".join(f"{s:g}: {noisy_agreement(ref, s):.3f}" for s in (1e-4, 1.5e-4, 2e-4))
+    rounded = float(topk_agreement(ref, ref.half().float()).mean())
+    rate = ", ".join(
+        f"{s:g}: {gaussian_rate_bytes(features, queries, s):.0f} B" for s in (1.5e-4, 5e-4, 1e-3)
+    )
+    return (
+        f"floor: top-10 agree of exact scores + Gaussian noise of std {noisy}; exact scores "
+        f"rounded to float16: {rounded:.3f}; bytes/voxel any code needs for a worst-query "
+        f"score error std of {rate} (rate-distortion, Gaussian model)"
+    )
+
+
 def section_fidelity(
     bench: BenchScene, fmap: EmbeddingMap, small_frames: list, fit_voxels: int
 ) -> None:
@@ -259,15 +278,25 @@ def section_fidelity(
     for bits, payload in ((8, DIM + 2), (4, DIM // 2 + 2)):
         name = f"int{bits} per-voxel scale (reference, not offered)"
         cases.append((name, payload, None, cosines(quantized(features, bits), queries)))
+    basis = fitted_basis(voxels, features, 316)
+    for head, tail, bits in ((128, 0, 16), (64, 252, 4)):
+        name = f"pca {head} fp16 + {tail} int{bits}, / |m| (reference, not offered)"
+        if not tail:
+            name = f"pca {head} float32 scores, / |m| (reference: no float16 kernel rounding)"
+        payload = 2 * head + (tail * bits // 8 + 2 if tail else 0)
+        scores = pca_mixed_scores(features, queries, basis[:, : head + tail], head, bits)
+        cases.append((name, payload, None, scores))
     best = ref.topk(11, dim=0).values  # (11, Q) exact scores, best first
     density = [float((best[a] - best[b]).median()) for a, b in ((0, 9), (9, 10))]
     rows = []
     for name, payload, total, approx in cases:
         agree, rho = topk_agreement(ref, approx), spearman(ref, approx)
-        ok = "yes" if payload <= 256 and float(agree.mean()) >= 0.95 else "no"
+        within = topk_within(ref, approx, TIE_TOLERANCE)
+        # The per-query fractions are float32 (0.9 is 0.8999999762): 266 of 280 answers is 0.95.
+        ok = [payload <= 256 and float(x.double().mean()) >= 0.95 - 1e-6 for x in (agree, within)]
+        ok = " / ".join("yes" if x else "no" for x in ok)
         total = "-" if total is None else f"{total:.0f}"
         rows.append((name, payload, total, f"{agree.mean():.3f}", f"{agree.min():.2f}"))
-        within = topk_within(ref, approx, TIE_TOLERANCE)
         rows[-1] += (f"{within.mean():.3f}", f"{rho.mean():.4f}")
         rows[-1] += (f"{(approx - ref).abs().max():.4f}", ok)
     print_table(
@@ -275,7 +304,7 @@ def section_fidelity(
         f"{SMALL[0]}x{SMALL[1]}; {len(queries)} queries: {len(protos)} prototypes + 20 text-like)",
         f"encoding|payload B/voxel|map B/voxel|top-10 agree|min|top-10 within {TIE_TOLERANCE:g}|"
         "Spearman|max abs err|"
-        "<= 256 B & >= 0.95",
+        "<= 256 B & >= 0.95 (agree / within)",
         rows,
         [
             "reference = float32 cosines of the float16 map's features; Spearman over all voxels; "
@@ -284,6 +313,9 @@ def section_fidelity(
             "float16 storage itself rounds scores by ~5e-4)",
             f"how close the exact top scores are (median over queries): best - 10th best = "
             f"{density[0]:.4f}, 10th - 11th best = {density[1]:.5f}",
+            "pca maps divide by |m| (the norm of the full mean, kept per voxel), not by the "
+            "norm of the coefficients; int4 tail: one float16 scale per voxel",
+            _floor_note(ref, features, queries),
         ]
         + (
             [] if online else ["pca 128 online skipped: its voxel set differs from the float16 map"]

@@ -309,6 +309,7 @@ class EmbeddingMap:
                 frame_count=storage.frame_count,
                 evicted_count=storage.evicted_count,
                 settings=self.config.to_dict(),
+                norms=None if storage.basis is None else storage.norms.cpu().numpy(),
             )
             return map_io.save_map(path, snapshot)
 
@@ -335,6 +336,7 @@ class EmbeddingMap:
             torch.from_numpy(snapshot.weights),
             torch.from_numpy(snapshot.last_seen),
             None if snapshot.basis is None else torch.from_numpy(snapshot.basis),
+            None if snapshot.norms is None else torch.from_numpy(snapshot.norms),
         )
         emap._storage.frame_count = snapshot.frame_count
         emap._storage.evicted_count = snapshot.evicted_count

@@ -34,12 +34,20 @@ __all__ = [
 
 #: The `format` field of every map header; any other value marks a foreign file.
 FORMAT_NAME = "dve_perception.voxel_embedding_map"
-#: The newest format version this module writes and reads.
-FORMAT_VERSION = 1
+#: The newest format version this module writes and reads. 2 added `norms` (|mean|) to pca maps;
+#: version 1 files (without them) still load, scored by the norms of their coefficients.
+FORMAT_VERSION = 2
 FEATURE_ENCODINGS = ("float16", "pca")
 
 # Member name -> on-disk dtype (always little-endian, whatever the writing machine).
-_DTYPES = {"voxels": "<i4", "features": "<f2", "weights": "<f4", "last_seen": "<i8", "basis": "<f4"}
+_DTYPES = {
+    "voxels": "<i4",
+    "features": "<f2",
+    "weights": "<f4",
+    "last_seen": "<i8",
+    "basis": "<f4",
+    "norms": "<f4",
+}
 _CHUNK = 1 << 20
 # MapSnapshot fields stored in the header JSON besides `settings` (arrays are members of their own).
 _SCALARS = ("voxel_size_m", "embedding_dim", "feature_encoding", "frame_count", "evicted_count")
@@ -63,6 +71,9 @@ class MapSnapshot:
         evicted_count: Voxels evicted so far, >= 0.
         settings: Other map settings (max_voxels, weight_cap, ...) as JSON scalars (None, bool,
             int, finite float, str) under string keys; stored and returned as-is.
+        norms: (N,) float32 finite >= 0, the norm of each voxel's full running mean (>= the norm
+            of its coefficients; scores divide by it), with "pca" only; None for float16 maps
+            (their norms are those of the features) and for pca maps of format 1.
 
     Raises:
         InputError: A field has a wrong type, dtype, shape or value (named in the message).
@@ -79,6 +90,7 @@ class MapSnapshot:
     frame_count: int
     evicted_count: int
     settings: dict[str, float | int | str | bool | None]
+    norms: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _check_scalars(self)
@@ -132,6 +144,12 @@ def _check_arrays(snap: MapSnapshot) -> None:
         error = np.abs(snap.basis.T.astype(np.float64) @ snap.basis - np.eye(f)).max()
         if not error <= 1e-3:  # also catches NaN
             raise InputError(f"basis columns must be orthonormal, got max |B.T B - I| {error:.2g}")
+    if snap.norms is not None:
+        if snap.feature_encoding != "pca":
+            raise InputError("norms belong to pca maps, got them with float16 features")
+        _check_array("norms", snap.norms, (n,))
+        if not (np.all(np.isfinite(snap.norms)) and np.all(snap.norms >= 0)):
+            raise InputError("norms must be finite and >= 0, got NaN, inf or negative values")
     if not _all_finite_float16(snap.features):
         raise InputError("features must be finite, got NaN or inf")
     if not (np.all(np.isfinite(snap.weights)) and np.all(snap.weights > 0)):
@@ -322,9 +340,12 @@ def _check_array_specs(header: dict[str, Any], path: Path) -> None:
     """Check that header["arrays"] lists exactly the members the header's sizes imply."""
     n, f, e = header.get("num_voxels"), header.get("feature_dim"), header.get("embedding_dim")
     shapes = {"voxels": [n, 3], "features": [n, f], "weights": [n], "last_seen": [n]}
+    specs = header.get("arrays")
     if header.get("feature_encoding") == "pca":
         shapes["basis"] = [e, f]
-    specs = header.get("arrays")
+        # Optional from format 2 on (absent: the norms of the coefficients, as in format 1).
+        if header.get("format_version", 1) >= 2 and isinstance(specs, dict) and "norms" in specs:
+            shapes["norms"] = [n]
     if not isinstance(specs, dict) or sorted(specs) != sorted(shapes):
         got = sorted(specs) if isinstance(specs, dict) else specs
         raise _corrupt(path, f"header lists arrays {got}, expected {sorted(shapes)}")
@@ -371,7 +392,12 @@ def load_map(path: str | os.PathLike[str]) -> MapSnapshot:
     with _open_archive(path) as archive:
         header = _parse_header(archive, path)
         arrays = {n: _read_member(archive, path, n, s) for n, s in header["arrays"].items()}
-    fields = {"basis": None, **arrays, **{k: header.get(k) for k in (*_SCALARS, "settings")}}
+    fields = {
+        "basis": None,
+        "norms": None,
+        **arrays,
+        **{k: header.get(k) for k in (*_SCALARS, "settings")},
+    }
     try:
         return MapSnapshot(**fields)
     except InputError as exc:
