@@ -28,6 +28,7 @@ __all__ = [
     "load_state_dict_strict",
     "read_checkpoint_file",
     "rename_official_keys",
+    "state_dict_differences",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -172,6 +173,24 @@ def _summarise(keys: list[str]) -> str:
     return shown + (f" (+{more} more)" if more > 0 else "")
 
 
+def state_dict_differences(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Compare a file's state_dict with a model's.
+
+    Returns:
+        (missing keys, unexpected keys, "key: file (shape) vs model (shape)" lines).
+    """
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(found[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    return missing, unexpected, shapes
+
+
 def load_state_dict_strict(
     model: DVEFormer, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict"
 ) -> None:
@@ -181,13 +200,7 @@ def load_state_dict_strict(
     the weights look like, which is the usual cause (a full-res file for a reduced-res model).
     """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
+    missing, unexpected, shapes = state_dict_differences(expected, state_dict)
     if missing or unexpected or shapes:
         looks_like = detect_variant(state_dict)
         model_variant = _variant_name(model.config)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from dve_perception.errors import CheckpointError
-from dve_perception.model.checkpoint import read_checkpoint_file
+from dve_perception.model.checkpoint import read_checkpoint_file, state_dict_differences
 from dve_perception.training.alpha_clip import (
     ALPHA_CLIP_L14_336,
     AlphaCLIPVisionConfig,
@@ -144,13 +144,7 @@ def load_alpha_clip_state_dict(
             which architecture the file looks like.
     """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    missing, unexpected, shapes = state_dict_differences(expected, state)
     if missing or unexpected or shapes:
         parts = [
             f"{source} does not fit the Alpha-CLIP vision tower {describe_architecture(expected)}",
