@@ -27,6 +27,13 @@ _NORM_EPS = 1e-12
 #: Pixels per block when transposing a channel-first embedding: a block stays in cache, which is
 #: ~3x faster on a desktop CPU than one large strided copy.
 _TRANSPOSE_BLOCK = 4096
+#: Pixels per block when gathering and converting the used rows of a non-float32 embedding
+#: (1.5 MB of float16 at D = 768, which stays in cache until it is converted).
+_GATHER_BLOCK = 1024
+#: Gather the used rows only when at most this fraction of the pixels is used: above it, one
+#: streaming conversion of the whole frame was as fast or faster (gather + convert costs about
+#: as much per row as the conversion alone; 1 thread, 120x160x768 float16).
+_GATHER_MAX_FRACTION = 0.6
 #: With `assume_unit`, this many used pixels (evenly spaced) are checked to have unit norm, and a
 #: norm off by more than the tolerance is refused: it catches unnormalised input for ~10 us a
 #: frame, while float16 rounding of a unit vector moves its norm by ~1e-3 at most.
@@ -93,14 +100,16 @@ class EmbeddingIntegrator:
         embedding, depth_m, confidence = self._check_arrays(embedding, depth_m, confidence)
         K = check_intrinsics(K)
         T_world_cam = check_pose(T_world_cam)
-        rows = self._channels_last(embedding)  # (h * w, D)
-        pixels, pixel_confidence, scale = self._valid_pixels(rows, depth_m, confidence, assume_unit)
+        rows = self._channels_last(embedding)  # (h * w, D), float32 unless a contiguous view
+        pixels, columns, pixel_confidence, scale, rows = self._valid_pixels(
+            rows, depth_m, confidence, assume_unit
+        )
         h, w = depth_m.shape
         p_world = transform_points(T_world_cam, backproject_depth(depth_m, K, pixels))
         voxels = torch.floor(p_world / self.map.config.voxel_size_m).to(torch.int64)
         in_range = ((voxels >= -MAX_VOXEL_INDEX) & (voxels < MAX_VOXEL_INDEX)).all(dim=1)
         if not bool(in_range.all()):
-            pixels, voxels = pixels[in_range], voxels[in_range]
+            pixels, voxels, columns = pixels[in_range], voxels[in_range], columns[in_range]
             pixel_confidence, scale = pixel_confidence[in_range], scale[in_range]
         if pixels.numel() == 0:
             self.map.frame_count += 1  # an empty frame still counts: recency is in frames
@@ -109,7 +118,7 @@ class EmbeddingIntegrator:
         sums = self._workspace.get(
             "voxel_sums", (groups.keys.numel(), rows.shape[1]), torch.float32
         )
-        directions, weights = _voxel_means(rows, pixels, pixel_confidence, scale, groups, out=sums)
+        directions, weights = _voxel_means(rows, columns, pixel_confidence, scale, groups, out=sums)
         camera = torch.as_tensor(T_world_cam[:3, 3], dtype=torch.float32, device=self.map.device)
         created, evicted = self.map.fuse(groups.keys, directions, weights, camera, groups.slots)
         return IntegrationStats(
@@ -155,8 +164,15 @@ class EmbeddingIntegrator:
         depth_m: torch.Tensor,
         confidence: torch.Tensor | None,
         assume_unit: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return usable pixels' flat indices, confidences and confidence / embedding norm."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Find the usable pixels and make float32 rows for them.
+
+        Returns:
+            The usable pixels' flat indices, their row indices into the returned rows, their
+            confidences, confidence / embedding norm, and (N, D) float32 rows: `rows` itself
+            when it is float32, else a converted copy (of the pixels with valid depth and
+            confidence only, when they are few).
+        """
         config = self.map.config
         depth = depth_m.reshape(-1)
         valid = (
@@ -165,30 +181,58 @@ class EmbeddingIntegrator:
         if confidence is not None:
             weight = confidence.reshape(-1)
             valid &= torch.isfinite(weight) & (weight > 0)
+        pixels = valid.nonzero().squeeze(1)
         if assume_unit:
-            pixels = valid.nonzero().squeeze(1)
             _check_unit_sample(rows, pixels)
-        else:
-            # The norm of every pixel is one pass over the frame (~1.5 ms at 120x160x768).
-            norms = torch.linalg.vector_norm(rows, dim=1)
-            valid &= torch.isfinite(norms) & (norms > _NORM_EPS)
-            pixels = valid.nonzero().squeeze(1)
+        columns = pixels
+        if rows.dtype != torch.float32:
+            # float16 -> float32 is exact, so converting only the rows that can be used (e.g.
+            # when much of the frame is beyond max_depth_m) gives the same sums for less work.
+            rows, columns = self._as_float32(rows, pixels)
+        if not assume_unit:
+            # The norm of every (kept) row is one pass (~1.5 ms over a 120x160x768 frame).
+            norms = torch.linalg.vector_norm(rows, dim=1)[columns]
+            usable = torch.isfinite(norms) & (norms > _NORM_EPS)
+            if not bool(usable.all()):
+                pixels, columns, norms = pixels[usable], columns[usable], norms[usable]
         if confidence is None:
             pixel_confidence = torch.ones(pixels.shape, dtype=torch.float32, device=rows.device)
         else:
             pixel_confidence = weight[pixels].to(torch.float32).clamp_max(1.0)
-        scale = pixel_confidence if assume_unit else pixel_confidence / norms[pixels]
-        return pixels, pixel_confidence, scale
+        scale = pixel_confidence if assume_unit else pixel_confidence / norms
+        return pixels, columns, pixel_confidence, scale, rows
+
+    def _as_float32(
+        self, rows: torch.Tensor, pixels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return float32 rows for `pixels` in a workspace buffer, and each pixel's row in it.
+
+        Few used pixels: their rows only, gathered block by block so that the source-dtype block
+        stays in cache until converted. Otherwise the whole frame, in one streaming conversion.
+        """
+        count, dim = pixels.numel(), rows.shape[1]
+        if count > _GATHER_MAX_FRACTION * rows.shape[0]:
+            out = self._workspace.get("channels_last", tuple(rows.shape), torch.float32)
+            return out.copy_(rows), pixels
+        out = self._workspace.get("channels_last", (count, dim), torch.float32)
+        block = self._workspace.get("gather_block", (_GATHER_BLOCK, dim), rows.dtype)
+        for start in range(0, count, _GATHER_BLOCK):
+            stop = min(start + _GATHER_BLOCK, count)
+            picked = torch.index_select(rows, 0, pixels[start:stop], out=block[: stop - start])
+            out[start:stop].copy_(picked)
+        return out, torch.arange(count, device=rows.device)
 
     def _channels_last(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Return the embedding as (h * w, D) float32 rows, without a copy when possible."""
+        """Return the embedding as (h * w, D) rows, without a copy when possible.
+
+        A channel-last view is returned as is, in any dtype (non-float32 rows are converted later,
+        only for the usable pixels); otherwise a float32 copy, transposed block by block.
+        """
         d, h, w = embedding.shape
         hwc = embedding.permute(1, 2, 0)
-        if hwc.is_contiguous() and embedding.dtype == torch.float32:
+        if hwc.is_contiguous():
             return hwc.reshape(h * w, d)
         rows = self._workspace.get("channels_last", (h * w, d), torch.float32)
-        if hwc.is_contiguous():  # e.g. float16 channel-last: one streaming conversion
-            return rows.copy_(hwc.reshape(h * w, d))
         flat = embedding.reshape(d, h * w)
         for start in range(0, h * w, _TRANSPOSE_BLOCK):
             stop = min(start + _TRANSPOSE_BLOCK, h * w)
@@ -248,7 +292,7 @@ def _row_pointers(counts: torch.Tensor) -> torch.Tensor:
 
 def _voxel_means(
     rows: torch.Tensor,
-    pixels: torch.Tensor,
+    columns: torch.Tensor,
     confidence: torch.Tensor,
     scale: torch.Tensor,
     groups: _VoxelGroups,
@@ -257,15 +301,15 @@ def _voxel_means(
     """Return (U, D) unit mean directions (in `out`) and (U,) mean confidences per voxel.
 
     Args:
-        rows: (h * w, D) float32 embeddings, one row per pixel.
-        pixels: (P,) int64 used pixel indices into rows.
+        rows: (N, D) float32 embeddings: one row per pixel, or per pixel with valid depth.
+        columns: (P,) int64 row of each used pixel in rows.
         confidence: (P,) float32 pixel confidences in (0, 1].
         scale: (P,) float32 confidence / |embedding| of each used pixel.
         groups: the pixels grouped by voxel, in the order of the returned rows.
         out: (U, D) float32 buffer for the result (reused across frames: no page faults).
     """
     count = groups.keys.numel()
-    # A sparse (U, h*w) matrix with one weighted entry per used pixel sums each voxel's unit
+    # A sparse (U, N) matrix with one weighted entry per used pixel sums each voxel's unit
     # embeddings in one sparse-dense product that reads only the used rows, on CPU and CUDA.
     with warnings.catch_warnings():
         # torch warns once that sparse CSR is "beta"; the CSR x dense product used here has been
@@ -273,7 +317,7 @@ def _voxel_means(
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support", category=UserWarning)
         assignment = torch.sparse_csr_tensor(
             groups.crow,
-            pixels[groups.order],
+            columns[groups.order],
             scale[groups.order],
             size=(count, rows.shape[0]),
             check_invariants=False,
