@@ -175,11 +175,12 @@ def _summarise(keys: list[str]) -> str:
 
 def state_dict_differences(
     expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
-) -> tuple[list[str], list[str], list[str]]:
-    """Compare a file's state_dict with a model's.
+) -> list[str]:
+    """Describe how a file's state_dict differs from a model's, for a strict-load error.
 
     Returns:
-        (missing keys, unexpected keys, "key: file (shape) vs model (shape)" lines).
+        One phrase each for missing keys, unexpected keys and shape mismatches (at most
+        `_MAX_LISTED_KEYS` named per phrase); empty when the state_dict fits.
     """
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
@@ -188,7 +189,12 @@ def state_dict_differences(
         for k, v in expected.items()
         if k in found and found[k].shape != v.shape
     ]
-    return missing, unexpected, shapes
+    described = (
+        (missing, "missing keys"),
+        (unexpected, "unexpected keys"),
+        (shapes, "shape mismatches"),
+    )
+    return [f"{len(items)} {what}: {_summarise(items)}" for items, what in described if items]
 
 
 def load_state_dict_strict(
@@ -200,8 +206,8 @@ def load_state_dict_strict(
     the weights look like, which is the usual cause (a full-res file for a reduced-res model).
     """
     expected = model.state_dict()
-    missing, unexpected, shapes = state_dict_differences(expected, state_dict)
-    if missing or unexpected or shapes:
+    differences = state_dict_differences(expected, state_dict)
+    if differences:
         looks_like = detect_variant(state_dict)
         model_variant = _variant_name(model.config)
         parts = [f"{source} does not fit the DVEFormer model ({model_variant or 'custom config'})"]
@@ -221,13 +227,7 @@ def load_state_dict_strict(
             )
         elif looks_like is None:
             parts.append("the file does not look like any published DVEFormer variant")
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_summarise(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_summarise(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches: {_summarise(shapes)}")
-        raise CheckpointError("; ".join(parts))
+        raise CheckpointError("; ".join([*parts, *differences]))
     model.load_state_dict(state_dict, strict=True)
 
 
