@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from dve_perception.cli_maps import _add_network_arguments, _network_choice
+from dve_perception.cli_maps import add_network_arguments, network_choice
 from dve_perception.errors import ConfigError
 
 __all__ = ["add_evaluate_parser"]
@@ -46,7 +46,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_network_arguments(parser)
+    add_network_arguments(parser)
     parser.set_defaults(handler=_run_evaluate)
 
 
@@ -87,7 +87,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         from dve_perception.evaluation.segmentation_eval import read_prototypes_file
 
         mode, prototypes = "visual_mean", read_prototypes_file(Path(args.prototypes))
-    pipeline, provenance = build_pipeline(_network_choice(args, models_dir))
+    pipeline, provenance = build_pipeline(network_choice(args, models_dir))
     result = evaluate_segmentation(pipeline, dataset, prototypes, mode=mode, limit=args.limit)
     if args.json:
         print(json.dumps({**result.to_dict(), "split": args.split, **provenance}, indent=2))

@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from dve_perception.cli_maps import _add_network_arguments, _network_choice
+from dve_perception.cli_maps import add_network_arguments, network_choice
 from dve_perception.errors import ConfigError
 
 __all__ = ["add_train_linear_probe_parser", "parse_init"]
@@ -56,7 +56,7 @@ def add_train_linear_probe_parser(subparsers: argparse._SubParsersAction) -> Non
         "prototypes from a teacher-targets folder with text fallback for classes without "
         "examples (the official recipe) (default: %(default)s)",
     )
-    _add_network_arguments(parser)
+    add_network_arguments(parser)
     parser.set_defaults(handler=_run_train_linear_probe)
 
 
@@ -112,7 +112,7 @@ def _run_train_linear_probe(args: argparse.Namespace) -> int:
         if unseen:
             names = [dataset.class_names[i - 1] for i in unseen]
             _LOG.info("no visual examples of %s: initialised from their text prototypes", names)
-    pipeline, net_provenance = build_pipeline(_network_choice(args, models_dir))
+    pipeline, net_provenance = build_pipeline(network_choice(args, models_dir))
     result = train_linear_probe(
         pipeline,
         dataset,

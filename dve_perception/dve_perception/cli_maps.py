@@ -19,7 +19,13 @@ if TYPE_CHECKING:
     from dve_perception.perception_setup import NetworkChoice
     from dve_perception.replay import ReplayResult
 
-__all__ = ["add_demo_parser", "add_query_parser", "add_replay_parser"]
+__all__ = [
+    "add_demo_parser",
+    "add_network_arguments",
+    "add_query_parser",
+    "add_replay_parser",
+    "network_choice",
+]
 
 _LOG = logging.getLogger("dve_perception.cli")
 #: Exit code of a replay ended by Ctrl-C (the map so far is saved), as shells report SIGINT.
@@ -27,7 +33,8 @@ EXIT_INTERRUPTED = 130
 _NO_MEANING = "results come from generated/random weights and carry no meaning"
 
 
-def _add_network_arguments(parser: argparse.ArgumentParser) -> None:
+def add_network_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options that choose the network (shared by replay, evaluate, train-linear-probe)."""
     group = parser.add_argument_group("network")
     group.add_argument("--variant", choices=("reducedres", "fullres"), default="reducedres")
     group.add_argument(
@@ -140,7 +147,7 @@ def add_replay_parser(subparsers: argparse._SubParsersAction) -> None:
         default="humble",
         help="message definitions for bags that do not store them",
     )
-    _add_network_arguments(parser)
+    add_network_arguments(parser)
     parser.add_argument(
         "--vocabulary",
         help="class names for segmentation previews (file or comma-separated; default NYUv2 40)",
@@ -183,7 +190,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     )
     source = open_source(args.source, **_source_options(args))
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
-    pipeline, provenance = build_pipeline(_network_choice(args, models_dir))
+    pipeline, provenance = build_pipeline(network_choice(args, models_dir))
     # The map takes the network's embedding dimension (768 for the published models).
     options = replace(
         options, map_config=MapConfig(**{**map_settings, "embedding_dim": pipeline.embedding_dim})
@@ -202,7 +209,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
-def _network_choice(args: argparse.Namespace, models_dir: Path) -> NetworkChoice:
+def network_choice(args: argparse.Namespace, models_dir: Path) -> NetworkChoice:
+    """Turn the options of `add_network_arguments` into a `NetworkChoice`."""
     from dve_perception.perception_setup import NetworkChoice
 
     if args.trust_checkpoint and args.weights is None:
@@ -300,7 +308,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> None:
         "--queries", nargs="+", metavar="TEXT", help="phrases to look for (default: a few)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_network_arguments(parser)
+    add_network_arguments(parser)
     parser.set_defaults(handler=_run_demo)
 
 
@@ -312,7 +320,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--frames must be at least 1, got {args.frames}")
     result = run_demo(
         args.out,
-        choice=_network_choice(args, args.models_dir or default_models_dir()),
+        choice=network_choice(args, args.models_dir or default_models_dir()),
         text_model=args.text_model,
         queries=args.queries or DEFAULT_QUERIES,
         num_frames=args.frames,
