@@ -38,7 +38,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-def _compute(files: dict[str, Path]) -> int:
+def _compute(files: dict[str, Path], *extra: str) -> int:
     return main(
         [
             "compute-targets",
@@ -49,6 +49,7 @@ def _compute(files: dict[str, Path]) -> int:
             str(files["teacher_config"]),
             "--device",
             "cpu",
+            *extra,
         ]
     )
 
@@ -148,7 +149,7 @@ def test_train_with_several_teachers_and_a_proxy(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _compute(files) == 0
-    assert _compute_named(files, "second") == 0
+    assert _compute(files, "--teacher-name", "second") == 0
     names = "alpha_clip_l14_336_grit_20m,second"
     assert _train(files, "--teacher-names", names, "--teacher-weights", "1,0.5") == 0
     record = json.loads((files["out"] / "metrics.jsonl").read_text().splitlines()[-1])
@@ -166,23 +167,6 @@ def test_train_with_several_teachers_and_a_proxy(
     with pytest.raises(SystemExit):
         _train(files, "--overwrite", "--teacher-weights", "1,x")
     assert "expected comma-separated numbers" in capsys.readouterr().err
-
-
-def _compute_named(files: dict[str, Path], name: str) -> int:
-    return main(
-        [
-            "compute-targets",
-            str(files["root"]),
-            "--teacher",
-            str(files["teacher"]),
-            "--teacher-config",
-            str(files["teacher_config"]),
-            "--teacher-name",
-            name,
-            "--device",
-            "cpu",
-        ]
-    )
 
 
 def test_train_with_dkd_logs_the_term_and_a_bad_prototype_file_is_a_one_line_error(
