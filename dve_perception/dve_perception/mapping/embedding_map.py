@@ -164,9 +164,14 @@ class EmbeddingMap:
             raise InputError(f"top_k must be a non-negative integer, got {top_k!r}")
         with self._lock:
             storage = self._storage
-            all_scores = storage.scores(torch.cat([query, negative]))  # (1 + K, N)
-            cosine = all_scores[0]
-            relevance = relevancy(cosine, all_scores[1:], temperature) if len(negative) else None
+            cached = storage.cached_negatives(negative)  # (K,) bool or None
+            rest = negative if cached is None else negative[~cached]
+            all_scores = storage.scores(torch.cat([query, rest]))  # (1 + K', N)
+            cosine, negative_scores = all_scores[0], all_scores[1:]
+            if cached is not None:  # one row, the best of the cached negatives, stands for them
+                hardest = storage.hardest_negative().unsqueeze(0)
+                negative_scores = torch.cat([negative_scores, hardest])
+            relevance = relevancy(cosine, negative_scores, temperature) if len(negative) else None
             used, name = (relevance, "relevancy") if relevance is not None else (cosine, "cosine")
             if threshold is None:
                 threshold = default_threshold(used, name) if len(storage) else 0.0
@@ -182,6 +187,31 @@ class EmbeddingMap:
                 threshold=float(threshold),
                 clusters=clusters,
             )
+
+    def cache_negatives(self, negatives: torch.Tensor | np.ndarray | None) -> None:
+        """Keep each voxel's best score against these negatives current, for faster queries.
+
+        A later `query` whose negatives include all of these (e.g. LERF's canonical phrases,
+        which `query_text` caches) reads the map once for the query and once per other negative,
+        instead of once per negative too: ~5x fewer reads with only the 4 canonical ones. A
+        query rescores only the voxels that changed since the previous one (all of them the
+        first time); fusion just flags them. Costs 5 B per voxel; the same vectors again change
+        nothing; None stops it. `clear` drops the cache; a loaded map starts without one.
+
+        Args:
+            negatives: (K, D) embeddings (normalised here), K >= 1; or None.
+
+        Raises:
+            InputError: wrong dimension, no rows, zero or non-finite vectors.
+        """
+        vectors = None
+        if negatives is not None:
+            dim = self.config.embedding_dim
+            vectors = _unit_rows("negatives", negatives, dim, self.device, single=False)
+            if vectors.shape[0] == 0:
+                raise InputError("cache_negatives needs at least one vector (None stops caching)")
+        with self._lock:
+            self._storage.set_negatives(vectors)
 
     def points(self) -> np.ndarray:
         """Return (N, 3) float32 voxel centres in metres, world frame."""

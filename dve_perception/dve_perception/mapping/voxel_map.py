@@ -6,6 +6,10 @@ either in full (`float16`) or as coefficients c = B^T m in an orthonormal basis 
 Scores against a unit query q are cosines <q, m> / |m| = <B^T q, c> / |m|; |m| is kept per voxel
 (with pca it is not |c|: the difference |m|^2 - |c|^2 is the energy the basis drops). Storage lives
 in preallocated tensors on one device (CPU or CUDA) and grows geometrically up to `max_voxels`.
+
+With `set_negatives`, each voxel also keeps its best score against a fixed set of negative
+vectors (LERF's canonical phrases), recomputed for the voxels that changed when it is next
+read, so a query that uses those negatives scores the map once instead of once per negative.
 """
 
 from __future__ import annotations
@@ -22,17 +26,16 @@ from dve_perception.mapping.voxel_hash import (
     unpack_voxel_keys,
     voxel_centers_m,
 )
+from dve_perception.mapping.voxel_scores import VoxelScoring
 from dve_perception.mapping.workspace import Workspace
 
 __all__ = ["VoxelEmbeddingMap"]
 
 _LOG = logging.getLogger(__name__)
-#: Rows scored per chunk: bounds the float32 temporaries of a query over a large map.
-_SCORE_CHUNK = 262_144
 _NORM_EPS = 1e-12
 
 
-class VoxelEmbeddingMap:
+class VoxelEmbeddingMap(VoxelScoring):
     """Voxel keys -> (feature, weight, norm, last_seen), with budgeted eviction."""
 
     def __init__(self, config: MapConfig, device: torch.device | str = "cpu") -> None:
@@ -87,8 +90,11 @@ class VoxelEmbeddingMap:
         return voxel_centers_m(self.keys, self.config.voxel_size_m)
 
     def bytes_per_voxel(self) -> float:
-        """Return the storage per voxel: feature, weight, norm, recency, key and hash buckets."""
-        per_row = self.feature_dim * 2 + 4 + 4 + 8 + 8
+        """Return the storage per voxel: feature, weight, norm, recency, key and hash buckets.
+
+        Plus 5 B (score and changed flag) while `set_negatives` is active.
+        """
+        per_row = self.feature_dim * 2 + 4 + 4 + 8 + 8 + (0 if self.negatives is None else 5)
         hash_bytes = 16 * self._index.bucket_count / max(1, self._size)
         return per_row + hash_bytes
 
@@ -173,27 +179,6 @@ class VoxelEmbeddingMap:
             return torch.zeros(directions.shape[0], device=directions.device)
         return torch.linalg.vector_norm(codes, dim=1).square_().neg_().add_(1.0).clamp_min_(0.0)
 
-    def scores(self, queries: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of every voxel with each query.
-
-        Args:
-            queries: (Q, D) float32 unit vectors in embedding space.
-
-        Returns:
-            (Q, N) float32 cosines in [-1, 1], one contiguous row per query (reductions over
-            queries, e.g. the hardest negative, then run across rows, which is ~30x faster on a
-            CPU than across a 4-wide dimension); 0 for voxels whose mean vanished.
-        """
-        codes = self.encode(queries).to(torch.float16)  # (Q, F)
-        out = torch.empty(queries.shape[0], self._size, device=self.device)
-        for start in range(0, self._size, _SCORE_CHUNK):
-            block = self._features[start : min(start + _SCORE_CHUNK, self._size)]
-            # float16 products accumulate in float32 inside the kernel, but the result is
-            # rounded to float16 (~5e-4 relative): that is the price of a product that reads
-            # the features once; a float32 copy of each chunk would double the time on a CPU.
-            out[:, start : start + block.shape[0]] = codes @ block.T
-        return out.div_(self.norms.clamp_min(_NORM_EPS))
-
     @property
     def norms(self) -> torch.Tensor:
         """(N,) float32 norm of each voxel's stored mean (<= 1; lower when views disagree)."""
@@ -230,13 +215,15 @@ class VoxelEmbeddingMap:
         # |m| of the full means, not |c|: the scores then divide by the true norm (pca rankings
         # move closer to exact ones, docs/mapping.md); the norms are saved with the map.
         self._norms[: self._size] = _row_norms(means)
+        self._mark_changed(slice(0, self._size))
         _LOG.info("fitted a %d-d PCA basis on %d voxels", basis.shape[1], self._size)
 
     def remove(self, keep: torch.Tensor) -> int:
         """Keep only voxels where `keep` (N,) bool is True, compacting storage; return removed."""
         kept = keep.nonzero().squeeze(1)
         n = kept.numel()
-        for array in (self._keys, self._features, self._weights, self._norms, self._last_seen):
+        arrays = (self._keys, self._features, self._weights, self._norms, self._last_seen)
+        for array in (*arrays, *self._negative_arrays()):
             array[:n] = array[kept]
         removed = self._size - n
         self._size = n
@@ -244,10 +231,11 @@ class VoxelEmbeddingMap:
         return removed
 
     def clear(self) -> None:
-        """Remove every voxel and the basis; counters restart."""
+        """Remove every voxel, the basis and the cached negatives; counters restart."""
         self.frame_count = 0
         self.evicted_count = 0
         self.basis: torch.Tensor | None = None  # (D, k) float32 once a PCA basis is fitted
+        self.negatives: torch.Tensor | None = None  # (K, D) float32 while set_negatives is on
         self._index = VoxelHashIndex(self.device)
         self._workspace = Workspace(self.device)
         self._size = 0
@@ -281,6 +269,7 @@ class VoxelEmbeddingMap:
         else:
             self._norms[:n] = norms.to(self.device)
         self._index.rebuild(self.keys, torch.arange(n, device=self.device))
+        self._mark_changed(slice(0, n))
 
     def _evict_for(
         self, incoming: int, camera_position_m: torch.Tensor, protected: torch.Tensor
@@ -343,6 +332,7 @@ class VoxelEmbeddingMap:
             0, slots, (old_weight + weights).clamp_max(self.config.weight_cap)
         )
         self._last_seen[slots] = self.frame_count
+        self._mark_changed(slots)
 
     def _append(
         self, keys: torch.Tensor, codes: torch.Tensor, weights: torch.Tensor, residual: torch.Tensor
@@ -365,6 +355,7 @@ class VoxelEmbeddingMap:
         self._last_seen[start:end] = self.frame_count
         self._index.insert(keys, torch.arange(start, end, device=self.device))
         self._size = end
+        self._mark_changed(slice(start, end))
 
     def _resize(self, capacity: int, feature_dim: int) -> None:
         """Reallocate storage for `capacity` voxels, keeping the current rows.
@@ -381,6 +372,7 @@ class VoxelEmbeddingMap:
             "_norms": torch.empty(capacity, dtype=torch.float32, device=self.device),
             "_last_seen": torch.empty(capacity, dtype=torch.int64, device=self.device),
         }
+        arrays.update(self._new_negative_arrays(capacity))
         for name, array in arrays.items():
             if n and (name != "_features" or feature_dim == self._features.shape[1]):
                 array[:n] = getattr(self, name)[:n]
