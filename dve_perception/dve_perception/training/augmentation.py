@@ -7,7 +7,9 @@ colour where the scaled image is smaller), horizontal flip with probability 0.5 
 the colour image. The geometric steps move every map of a sample identically; depth values are
 never changed by them. The spec names the four steps (dveformer-spec.md §7) but not the jitter
 ranges; the defaults here (hue ±10 OpenCV units = ±20°, saturation ±20/255, value ±50/255,
-additive) are our reading of the nicr-mt-scene-analysis defaults, unverified against the source.
+additive) are those of TUI-NICR's training preprocessing (nicr-mt-scene-analysis
+`RandomHSVJitter` as DVEFormer's preprocessor configures it), drawn continuously instead of as
+integer offsets (docs/datasets.md).
 
 With a `DataLoader` of several workers, give each worker its own generator (e.g. re-seed
 `augmentation.generator` in `worker_init_fn`), or all workers draw the same transforms.
