@@ -2,17 +2,18 @@
 
 Vanishing Depth (Koch et al., arXiv 2503.19947) feeds metric depth to the encoder through
 sinusoids instead of mean/std normalisation, so the network sees depth at a fixed metric scale
-with bounded inputs. The paper's exact formula was not available here; this module uses
-transformer-style sinusoids over metric depth with geometrically spaced wavelengths:
+with bounded inputs. This module computes the encoding of its published code
+(`DepthPositionalEncoding` in KochPJ/vanishing-depth, with the training defaults of its
+`main.py`: 32 channels, temperature 3e-4, scale 2 pi, max depth 15 m, no per-frame depth scales):
 
-    lambda_i = lambda_max * (lambda_min / lambda_max) ** (i / (n - 1)),  i = 0 .. n - 1
-    code(d) = [sin(2 pi d / lambda_i), cos(2 pi d / lambda_i)]_i,        n = channels / 2
+    phase_k(d) = 2 pi (d / max_depth) / temperature ** (2 k / channels),  k = 0 .. channels/2 - 1
+    code(d) = [sin(phase_0), cos(phase_0), sin(phase_1), cos(phase_1), ...]
 
-with lambda_max = 4 * max_depth_m, so the coarsest pair turns through only a quarter period over
-[0, max_depth_m] and every depth in range has a unique code, and lambda_min = 5 cm by default
-(the finest detail a 4x4 patch of consumer RGB-D depth resolves). Depth is clamped to
-[0, max_depth_m]; invalid depth (0, negative or non-finite) encodes to all zeros, which no valid
-depth can produce (each sin/cos pair has unit norm).
+i.e. wavelengths from max_depth (15 m) down to max_depth * temperature ** (1 - 2 / channels)
+(7.6 mm at 32 channels, 5.8 mm at 64). Missing depth (0) is encoded as their code encodes it,
+as a depth of 1e-6 m (their `zero_eps`), i.e. like 0 m; negative and non-finite depth are
+treated as missing too. One guard of ours: depth beyond max_depth is clamped to it (their
+encoder does not clamp; its input pipeline bounds depth to the same 15 m).
 
 `with_pde_depth_stem` turns a DVEFormer into the PDE variant by replacing the depth
 patch-embedding convolution (1 input channel) with `PDEPatchEmbedConv`, a Conv2d with `channels`
@@ -32,6 +33,7 @@ from dve_perception.errors import ConfigError, InputError
 
 __all__ = [
     "DEFAULT_MAX_DEPTH_M",
+    "DEFAULT_TEMPERATURE",
     "PDEPatchEmbedConv",
     "pde_wavelengths_m",
     "positional_depth_encoding",
@@ -39,49 +41,51 @@ __all__ = [
 ]
 
 DEFAULT_MAX_DEPTH_M = 15.0
-DEFAULT_MIN_WAVELENGTH_M = 0.05
+#: Vanishing Depth's default: the ratio of the shortest to the longest wavelength, almost.
+DEFAULT_TEMPERATURE = 3e-4
+#: What Vanishing Depth substitutes for a missing (zero) depth, in metres.
+_MISSING_DEPTH_M = 1e-6
 _CHANNEL_CHOICES = (32, 64)
 
 
 def pde_wavelengths_m(
     channels: int,
     max_depth_m: float = DEFAULT_MAX_DEPTH_M,
-    min_wavelength_m: float = DEFAULT_MIN_WAVELENGTH_M,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> torch.Tensor:
-    """The channels / 2 wavelengths (float64, metres), longest first.
+    """The channels / 2 wavelengths (float64, metres), longest (max_depth_m) first.
 
     Raises:
-        ConfigError: for channels other than 32 or 64, or a non-positive depth range.
+        ConfigError: for channels other than 32 or 64, a non-positive depth range or a
+            temperature outside (0, 1).
     """
     if channels not in _CHANNEL_CHOICES:
         raise ConfigError(f"PDE channels must be one of {_CHANNEL_CHOICES}, got {channels}")
-    longest = 4.0 * max_depth_m
-    if not (max_depth_m > 0 and 0 < min_wavelength_m < longest):
+    if not (max_depth_m > 0 and 0 < temperature < 1):
         raise ConfigError(
-            f"need max_depth_m > 0 and 0 < min_wavelength_m < 4 * max_depth_m; got "
-            f"max_depth_m={max_depth_m}, min_wavelength_m={min_wavelength_m}"
+            f"need max_depth_m > 0 and 0 < temperature < 1; got max_depth_m={max_depth_m}, "
+            f"temperature={temperature}"
         )
-    n = channels // 2
-    steps = torch.arange(n, dtype=torch.float64) / (n - 1)
-    return longest * (min_wavelength_m / longest) ** steps
+    exponents = 2.0 * torch.arange(channels // 2, dtype=torch.float64) / channels
+    return max_depth_m * temperature**exponents
 
 
 def positional_depth_encoding(
     depth_m: torch.Tensor,
     channels: int = 32,
     max_depth_m: float = DEFAULT_MAX_DEPTH_M,
-    min_wavelength_m: float = DEFAULT_MIN_WAVELENGTH_M,
+    temperature: float = DEFAULT_TEMPERATURE,
 ) -> torch.Tensor:
     """Encode metric depth as sinusoids; see the module docstring for the formula.
 
     Args:
         depth_m: (B, 1, H, W) depth in metres; 0, negative or non-finite means no measurement.
         channels: 32 or 64 output channels (sin/cos interleaved per wavelength, longest first).
-        max_depth_m: depths beyond this are clamped to it.
-        min_wavelength_m: shortest wavelength.
+        max_depth_m: the longest wavelength; depths beyond it are clamped to it.
+        temperature: wavelength k is max_depth_m * temperature ** (2 k / channels).
 
     Returns:
-        (B, channels, H, W) float32 in [-1, 1]; all zeros at invalid pixels.
+        (B, channels, H, W) float32 in [-1, 1]; missing depth gets the code of 1e-6 m.
 
     Raises:
         InputError: for a tensor that is not (B, 1, H, W) floating point.
@@ -92,16 +96,15 @@ def positional_depth_encoding(
         raise InputError(f"depth_m must be a (B, 1, H, W) tensor, got {got}")
     if not depth_m.is_floating_point():
         raise InputError(f"depth_m must be floating point (metres), got {depth_m.dtype}")
-    wavelengths = pde_wavelengths_m(channels, max_depth_m, min_wavelength_m)
+    wavelengths = pde_wavelengths_m(channels, max_depth_m, temperature)
     # Angular frequencies in float32 on the depth's device; the phase is computed in float32
-    # even under bf16 autocast, where 15 m * 2 pi / 5 cm would lose the fine channels.
+    # even under bf16 autocast, where 15 m * 2 pi / 7.6 mm would lose the fine channels.
     omega = (2.0 * math.pi / wavelengths).to(torch.float32).to(depth_m.device)
     d = depth_m.float()
     valid = torch.isfinite(d) & (d > 0)
-    d = torch.where(valid, d.clamp(max=max_depth_m), torch.zeros_like(d))
+    d = torch.where(valid, d.clamp(max=max_depth_m), torch.full_like(d, _MISSING_DEPTH_M))
     phase = d * omega.view(1, -1, 1, 1)  # (B, n, H, W)
-    code = torch.stack([phase.sin(), phase.cos()], dim=2).flatten(1, 2)
-    return code * valid.to(code.dtype)
+    return torch.stack([phase.sin(), phase.cos()], dim=2).flatten(1, 2)
 
 
 class PDEPatchEmbedConv(nn.Conv2d):

@@ -11,6 +11,7 @@ from dve_perception.errors import ConfigError, InputError
 from dve_perception.model.dveformer import TINY_TEST_CONFIG, build_dveformer
 from dve_perception.training.depth_encoding import (
     PDEPatchEmbedConv,
+    pde_wavelengths_m,
     positional_depth_encoding,
     with_pde_depth_stem,
 )
@@ -31,34 +32,54 @@ def test_codes_are_bounded_and_have_the_requested_channels(channels):
     assert code.abs().max() <= 1.0
 
 
+def test_the_code_is_vanishing_depths_formula_written_out():
+    # Their DepthPositionalEncoding with temperature 3e-4, scale 2 pi, max depth 15 m, 32
+    # channels: channel i gets (d / 15) * 2 pi / 3e-4 ** (2 * (i // 2) / 32), sin on even i,
+    # cos on odd i. Written here element by element, independently of the vectorised code.
+    for depth in (0.37, 2.0, 9.81, 15.0):
+        expected = []
+        for i in range(32):
+            phase = (depth / 15.0) * 2 * math.pi / 3e-4 ** (2 * (i // 2) / 32)
+            expected.append(math.sin(phase) if i % 2 == 0 else math.cos(phase))
+        torch.testing.assert_close(
+            _codes([depth])[0], torch.tensor(expected), rtol=0, atol=2e-3
+        )  # float32 phases of up to ~1.2e4 rad round by ~1e-3 rad (their code is float32 too)
+
+
+@pytest.mark.parametrize(("channels", "shortest_m"), [(32, 7.6e-3), (64, 5.8e-3)])
+def test_wavelengths_run_from_the_range_down_to_millimetres(channels, shortest_m):
+    wavelengths = pde_wavelengths_m(channels)
+    assert wavelengths.shape == (channels // 2,)
+    assert wavelengths[0].item() == 15.0
+    assert torch.all(torch.diff(wavelengths) < 0)
+    assert wavelengths[-1].item() == pytest.approx(shortest_m, rel=0.02)
+
+
 @pytest.mark.parametrize("channels", [32, 64])
 def test_depths_across_the_range_get_distinct_codes(channels):
-    codes = _codes(torch.arange(0.1, 15.0001, 0.05), channels)
+    codes = _codes(torch.arange(0.1, 14.95, 0.05), channels)
     dist = torch.cdist(codes.double(), codes.double())
     dist.fill_diagonal_(math.inf)
-    # Neighbours 5 cm apart must still be clearly apart (coarsest pair alone moves ~8e-3 rad).
-    assert dist.min() > 0.05
+    assert dist.min() > 0.05  # neighbours 5 cm apart are clearly apart
 
 
 def test_small_depth_changes_give_small_code_changes():
     d = torch.arange(0.1, 15.0, 0.37)
     delta = (_codes(d + 1e-4) - _codes(d)).norm(dim=1)
-    # Lipschitz bound: |d code / d depth| <= sqrt(sum omega_i^2) with omega <= 2 pi / 5 cm.
-    assert delta.max() < 1e-4 * 2 * math.pi / 0.05 * math.sqrt(16) * 1.01
-    assert delta.max() < 0.1
+    # Lipschitz bound: |d code / d depth| <= sqrt(sum omega_k^2) <= sqrt(16) * 2 pi / shortest.
+    shortest = pde_wavelengths_m(32)[-1].item()
+    assert delta.max() < 1e-4 * 2 * math.pi / shortest * math.sqrt(16) * 1.01
 
 
-def test_the_code_is_monotone_in_the_coarsest_channel():
-    codes = _codes(torch.linspace(0.0, 15.0, 200)[1:])
-    assert torch.all(torch.diff(codes[:, 0]) > 0)
-
-
-def test_invalid_depth_encodes_to_zeros_unlike_any_valid_depth():
-    depth = torch.tensor([0.0, -1.0, float("nan"), float("inf"), 2.0]).view(1, 1, 1, 5)
+def test_missing_depth_is_encoded_as_the_official_code_encodes_zero():
+    depth = torch.tensor([0.0, -1.0, float("nan"), float("inf"), 1e-6, 2.0]).view(1, 1, 1, 6)
     code = positional_depth_encoding(depth)[0, :, 0, :].T
-    assert torch.equal(code[:4], torch.zeros(4, 32))
-    # Each sin/cos pair of a valid depth has unit norm, so its code has norm sqrt(16).
-    assert code[4].norm().item() == pytest.approx(4.0, rel=1e-5)
+    for row in range(4):
+        torch.testing.assert_close(code[row], code[4], rtol=0, atol=0)
+    # 1e-6 m: every sine ~0 and every cosine ~1, unlike a measured depth.
+    torch.testing.assert_close(code[4, 1::2], torch.ones(16))
+    assert code[4, 0::2].abs().max() < 1e-2
+    assert (code[5] - code[4]).norm() > 1.0
 
 
 def test_depths_beyond_the_range_are_clamped():
@@ -74,6 +95,8 @@ def test_bad_inputs_and_settings_are_rejected():
         positional_depth_encoding(torch.zeros(1, 1, 3, 3), channels=16)
     with pytest.raises(ConfigError, match="max_depth_m > 0"):
         positional_depth_encoding(torch.zeros(1, 1, 3, 3), max_depth_m=0.0)
+    with pytest.raises(ConfigError, match="temperature < 1"):
+        positional_depth_encoding(torch.zeros(1, 1, 3, 3), temperature=1.0)
 
 
 def test_pde_dveformer_runs_on_metric_depth_and_differs_only_in_the_depth_conv():
