@@ -94,17 +94,23 @@ def _read_once(array: np.ndarray) -> None:
     torch.from_numpy(array).sum()
 
 
+def _unit_float32(emb_cl: np.ndarray) -> np.ndarray:
+    """The (D, h, w) channel-last view of the frame L2-normalised per pixel."""
+    hwc = emb_cl.transpose(1, 2, 0)
+    return (hwc / np.linalg.norm(hwc, axis=2, keepdims=True)).transpose(2, 0, 1)
+
+
 def _unit_float16(emb_cl: np.ndarray) -> np.ndarray:
     """The (D, h, w) channel-last view of the frame L2-normalised per pixel, as float16."""
-    hwc = emb_cl.transpose(1, 2, 0)
-    unit_hwc = hwc / np.linalg.norm(hwc, axis=2, keepdims=True)
-    return unit_hwc.astype(np.float16).transpose(2, 0, 1)
+    return _unit_float32(emb_cl).astype(np.float16)
 
 
 #: Integration cases of section 1: name -> (input array, integrate keyword arguments). Inputs:
-#: "cf" channels-first copy, "cl" channels-last view, "unit" its float16 unit view.
+#: "cf" channels-first copy, "cl" channels-last view, "unit" its float16 unit view, "cf unit"
+#: the float32 unit frame channels-first (the CPU pipeline's output).
 CASES = {
     "channels-first": ("cf", {}),
+    "channels-first unit, assume_unit": ("cf unit", {"assume_unit": True}),
     "channels-last": ("cl", {}),
     "channels-last float16 unit": ("unit", {}),
     "channels-last float16 unit, assume_unit": ("unit", {"assume_unit": True}),
@@ -124,7 +130,8 @@ def section_integration(small: list, large: tuple, repeats: int) -> EmbeddingMap
         for i, item in enumerate(frames):
             frame, K, pose, emb_cl = item() if callable(item) else item
             emb_cf = np.ascontiguousarray(emb_cl)  # same values, (D, h, w) C-contiguous
-            arrays = {"cf": emb_cf, "cl": emb_cl, "unit": _unit_float16(emb_cl)}
+            unit_cf = np.ascontiguousarray(_unit_float32(emb_cl))
+            arrays = {"cf": emb_cf, "cl": emb_cl, "unit": _unit_float16(emb_cl), "cf unit": unit_cf}
             for name in layouts if i % 2 else layouts[::-1]:  # alternate which goes first
                 source, kwargs = CASES[name]
                 call = functools.partial(maps[name].integrate, **kwargs)
@@ -132,7 +139,7 @@ def section_integration(small: list, large: tuple, repeats: int) -> EmbeddingMap
             # Reading the frame's memory once, in storage order: a lower bound of any pass.
             times["read-cf"].append(median_ms(repeats, _read_once, emb_cf))
             times["read-cl"].append(median_ms(repeats, _read_once, emb_cl.transpose(1, 2, 0)))
-            del emb_cf, arrays, emb_cl, item
+            del emb_cf, arrays, emb_cl, item, unit_cf
             gc.collect()
         skip = WARMUP_FRAMES if (h, w) == SMALL else 1
         med = {k: statistics.median(v[skip:]) for k, v in times.items()}

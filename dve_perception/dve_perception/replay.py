@@ -192,7 +192,10 @@ def _process(
         embedded = embedder.embed(frame)
         timings["embed_s"] += time.perf_counter() - t
         t = time.perf_counter()
-        emap.integrate(embedded.embedding, embedded.depth_m, embedded.K, frame.T_world_cam)
+        # The pipeline's embeddings are unit vectors: the map skips normalising them.
+        emap.integrate(
+            embedded.embedding, embedded.depth_m, embedded.K, frame.T_world_cam, assume_unit=True
+        )
         timings["integrate_s"] += time.perf_counter() - t
     except DvePerceptionError as err:
         counts[f"skipped: rejected ({type(err).__name__})"] += 1

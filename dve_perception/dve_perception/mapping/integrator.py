@@ -19,6 +19,12 @@ from dve_perception.camera import backproject_depth, check_intrinsics, check_pos
 from dve_perception.errors import InputError
 from dve_perception.mapping.voxel_hash import MAX_VOXEL_INDEX, pack_voxel_keys
 from dve_perception.mapping.voxel_map import VoxelEmbeddingMap
+from dve_perception.mapping.voxel_sums import (
+    column_means,
+    group_by_voxel,
+    sums_by_column,
+    voxel_means,
+)
 from dve_perception.mapping.workspace import Workspace
 
 __all__ = ["EmbeddingIntegrator", "IntegrationStats"]
@@ -50,6 +56,9 @@ class IntegrationStats:
     voxels_observed: int
     voxels_new: int
     voxels_evicted: int
+    #: Voxels whose summed embedding was not finite or vanished (e.g. a NaN pixel with
+    #: assume_unit): not fused this frame.
+    voxels_skipped: int = 0
 
 
 class EmbeddingIntegrator:
@@ -86,9 +95,13 @@ class EmbeddingIntegrator:
             confidence: optional (h, w) weights in [0, 1]; pixels with 0 are ignored.
             assume_unit: the caller promises that every pixel with valid depth and confidence
                 has a finite unit-norm embedding (e.g. the fused backend's L2-normalised float16
-                output), so the per-pixel norm pass is skipped. Mark unusable pixels with depth
-                0 or confidence 0, not with a zero embedding. Checked on an even sample of 64
-                used pixels only: a NaN or a single off-norm pixel elsewhere goes unnoticed.
+                output), so the per-pixel norm pass is skipped; a channel-first float32 frame
+                without confidence is then summed in its own layout, with no transpose. Mark
+                unusable pixels with depth 0 or confidence 0; a zero embedding adds nothing to
+                its voxel's direction (but counts in its weight). Checked on an even sample of
+                64 used pixels, where a norm other than 1 (or 0) is refused; a NaN elsewhere
+                makes its voxel's sum non-finite, and such voxels are skipped (counted in
+                `voxels_skipped`), not fused.
 
         Returns:
             Counts of what was used, skipped, created and evicted.
@@ -100,7 +113,12 @@ class EmbeddingIntegrator:
         embedding, depth_m, confidence = self._check_arrays(embedding, depth_m, confidence)
         K = check_intrinsics(K)
         T_world_cam = check_pose(T_world_cam)
-        rows = self._channels_last(embedding)  # (h * w, D), float32 unless a contiguous view
+        d, h, w = embedding.shape
+        by_column = sums_by_column(embedding, confidence, assume_unit)
+        if by_column:  # channel-first unit float32: summed in place, never transposed
+            rows = embedding.reshape(d, h * w).T  # a view, for the unit-norm sample only
+        else:
+            rows = self._channels_last(embedding)  # (h * w, D), float32 unless a view
         pixels, columns, pixel_confidence, scale, rows = self._valid_pixels(
             rows, depth_m, confidence, assume_unit
         )
@@ -114,19 +132,31 @@ class EmbeddingIntegrator:
         if pixels.numel() == 0:
             self.map.frame_count += 1  # an empty frame still counts: recency is in frames
             return IntegrationStats(0, h * w, 0, 0, 0)
-        groups = _group_by_voxel(pack_voxel_keys(voxels), self.map)
+        groups = group_by_voxel(pack_voxel_keys(voxels), self.map)
         sums = self._workspace.get(
             "voxel_sums", (groups.keys.numel(), rows.shape[1]), torch.float32
         )
-        directions, weights = _voxel_means(rows, columns, pixel_confidence, scale, groups, out=sums)
+        if by_column:
+            directions, weights, usable = column_means(
+                self._workspace, embedding, pixels, groups, sums
+            )
+        else:
+            directions, weights, usable = voxel_means(
+                rows, columns, pixel_confidence, scale, groups, out=sums
+            )
+        keys, slots = groups.keys, groups.slots
+        if not bool(usable.all()):  # NaN, inf or cancelling embeddings: skip those voxels
+            keys, slots = keys[usable], slots[usable]
+            directions, weights = directions[usable], weights[usable]
         camera = torch.as_tensor(T_world_cam[:3, 3], dtype=torch.float32, device=self.map.device)
-        created, evicted = self.map.fuse(groups.keys, directions, weights, camera, groups.slots)
+        created, evicted = self.map.fuse(keys, directions, weights, camera, slots)
         return IntegrationStats(
             pixels_used=pixels.numel(),
             pixels_invalid=h * w - pixels.numel(),
-            voxels_observed=groups.keys.numel(),
+            voxels_observed=keys.numel(),
             voxels_new=created,
             voxels_evicted=evicted,
+            voxels_skipped=groups.keys.numel() - keys.numel(),
         )
 
     def _check_arrays(
@@ -240,105 +270,18 @@ class EmbeddingIntegrator:
         return rows
 
 
-@dataclass(frozen=True)
-class _VoxelGroups:
-    """The used pixels grouped by voxel, voxels already in the map first (see `_group_by_voxel`)."""
-
-    keys: torch.Tensor  # (U,) int64 packed keys: existing voxels, then new ones, each ascending
-    slots: torch.Tensor  # (U,) int64 storage slots of the keys, -1 for new voxels
-    order: torch.Tensor  # (P,) int64 positions into the used pixels, grouped voxel by voxel
-    crow: torch.Tensor  # (U + 1,) int64 where each voxel's group starts in `order`
-    counts: torch.Tensor  # (U,) int64 pixels per voxel
-
-
-def _group_by_voxel(packed: torch.Tensor, voxel_map: VoxelEmbeddingMap) -> _VoxelGroups:
-    """Sort the used pixels by voxel key once, look the keys up, and put new voxels last.
-
-    One stable sort gives the unique keys, the per-voxel pixel groups (ascending pixel order in
-    each, as before) and the CSR row pointers. With existing voxels first, `fuse` updates and
-    appends contiguous slices of the frame's voxel means instead of copying ~7k x 768 rows.
-    """
-    sorted_keys, order = torch.sort(packed, stable=True)
-    p = packed.numel()
-    starts = torch.ones(p, dtype=torch.bool, device=packed.device)
-    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    first = starts.nonzero().squeeze(1)  # (U,) where each voxel's group starts
-    keys = sorted_keys[first]
-    counts = torch.diff(first, append=first.new_tensor([p]))
-    slots = voxel_map.find(keys)
-    new = slots < 0
-    created = int(new.sum())
-    if 0 < created < keys.numel() and not bool(new[keys.numel() - created :].all()):
-        voxel_order = torch.argsort(new.to(torch.uint8), stable=True)  # existing, then new
-        keys, slots, counts = keys[voxel_order], slots[voxel_order], counts[voxel_order]
-        position = torch.empty_like(voxel_order)
-        position[voxel_order] = torch.arange(keys.numel(), device=packed.device)
-        crow = _row_pointers(counts)
-        group = torch.cumsum(starts, 0) - 1  # (P,) voxel (in key order) of each sorted pixel
-        rank = torch.arange(p, device=packed.device) - first[group]  # position within its group
-        regrouped = torch.empty_like(order)
-        regrouped[crow[position[group]] + rank] = order
-        order = regrouped
-    else:
-        crow = _row_pointers(counts)
-    return _VoxelGroups(keys=keys, slots=slots, order=order, crow=crow, counts=counts)
-
-
-def _row_pointers(counts: torch.Tensor) -> torch.Tensor:
-    crow = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    return crow
-
-
-def _voxel_means(
-    rows: torch.Tensor,
-    columns: torch.Tensor,
-    confidence: torch.Tensor,
-    scale: torch.Tensor,
-    groups: _VoxelGroups,
-    out: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (U, D) unit mean directions (in `out`) and (U,) mean confidences per voxel.
-
-    Args:
-        rows: (N, D) float32 embeddings: one row per pixel, or per pixel with valid depth.
-        columns: (P,) int64 row of each used pixel in rows.
-        confidence: (P,) float32 pixel confidences in (0, 1].
-        scale: (P,) float32 confidence / |embedding| of each used pixel.
-        groups: the pixels grouped by voxel, in the order of the returned rows.
-        out: (U, D) float32 buffer for the result (reused across frames: no page faults).
-    """
-    count = groups.keys.numel()
-    # A sparse (U, N) matrix with one weighted entry per used pixel sums each voxel's unit
-    # embeddings in one sparse-dense product that reads only the used rows, on CPU and CUDA.
-    with warnings.catch_warnings():
-        # torch warns once that sparse CSR is "beta"; the CSR x dense product used here has been
-        # stable since torch 1.13 and is covered by our tests.
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support", category=UserWarning)
-        assignment = torch.sparse_csr_tensor(
-            groups.crow,
-            columns[groups.order],
-            scale[groups.order],
-            size=(count, rows.shape[0]),
-            check_invariants=False,
-        )
-        # beta=0 ignores out's old content (even NaN), so an uninitialised buffer is fine.
-        sums = torch.addmm(out, assignment, rows, beta=0, out=out)  # (U, D)
-    directions = sums.div_(torch.linalg.vector_norm(sums, dim=1, keepdim=True).clamp_min(_NORM_EPS))
-    voxel = torch.repeat_interleave(torch.arange(count, device=rows.device), groups.counts)
-    confidence_sums = torch.zeros(count, dtype=torch.float32, device=rows.device)
-    confidence_sums.index_add_(0, voxel, confidence[groups.order])
-    return directions, confidence_sums / groups.counts
-
-
 def _check_unit_sample(rows: torch.Tensor, pixels: torch.Tensor) -> None:
-    """Raise InputError unless an even sample of the used pixels has unit-norm embeddings."""
+    """Raise InputError unless an even sample of the used pixels has unit (or zero) embeddings.
+
+    Zero is allowed: `EmbeddingFrame` marks pixels where the network saw nothing that way.
+    """
     if pixels.numel() == 0:
         return
     step = max(1, pixels.numel() // _UNIT_CHECK_SAMPLES)
     sample = rows[pixels[::step]].to(torch.float32)
     norms = torch.linalg.vector_norm(sample, dim=1)
-    worst = float((norms - 1.0).abs().nan_to_num(nan=float("inf")).max())
+    off = torch.where(norms == 0, torch.zeros_like(norms), (norms - 1.0).abs())
+    worst = float(off.nan_to_num(nan=float("inf")).max())
     if worst > _UNIT_TOLERANCE:
         raise InputError(
             "integrate(assume_unit=True) needs unit-norm embeddings at every usable pixel, but "

@@ -103,7 +103,12 @@ class MapService:
             return self._map
 
     def integrate(
-        self, frame: EmbeddingFrame, T_world_cam: np.ndarray | None, tf_error: str | None = None
+        self,
+        frame: EmbeddingFrame,
+        T_world_cam: np.ndarray | None,
+        tf_error: str | None = None,
+        *,
+        assume_unit: bool = False,
     ) -> FrameOutcome:
         """Fuse a frame posed by `T_world_cam`, or count why it cannot be.
 
@@ -112,11 +117,16 @@ class MapService:
             T_world_cam: (4, 4) pose of the frame's optical frame in the world frame, or None
                 when the transform lookup failed.
             tf_error: the lookup's error message when `T_world_cam` is None.
+            assume_unit: the embeddings are unit vectors by construction (the pipeline's own
+                output), so the map skips normalising them (`EmbeddingMap.integrate`). Frames
+                from other publishers are normalised, whatever the message promises.
         """
         if T_world_cam is None:
             return self._drop("no transform", tf_error or "transform lookup failed")
         try:
-            self.emap.integrate(frame.embedding, frame.depth_m, frame.K, T_world_cam)
+            self.emap.integrate(
+                frame.embedding, frame.depth_m, frame.K, T_world_cam, assume_unit=assume_unit
+            )
         except DvePerceptionError as err:
             return self._drop("invalid frame", str(err))
         self.fused += 1

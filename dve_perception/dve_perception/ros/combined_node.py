@@ -53,7 +53,8 @@ class CombinedNode(Node):
         )
 
     def _fuse(self, frame: EmbeddingFrame) -> None:
-        self._mapping.integrate(frame)
+        # The pipeline normalises its embeddings, so the map need not check every pixel.
+        self._mapping.integrate(frame, assume_unit=True)
 
     def shutdown(self) -> None:
         """Stop perception first, then save the map if configured."""

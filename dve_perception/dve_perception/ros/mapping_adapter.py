@@ -100,10 +100,13 @@ class MappingAdapter:
         """Save the map if configured (`save_map_on_shutdown`)."""
         self._log(self._service.on_shutdown())
 
-    def integrate(self, frame: EmbeddingFrame) -> None:
-        """Fuse one frame, posed by TF at its stamp (frames without TF are counted, dropped)."""
+    def integrate(self, frame: EmbeddingFrame, *, assume_unit: bool = False) -> None:
+        """Fuse one frame, posed by TF at its stamp (frames without TF are counted, dropped).
+
+        `assume_unit`: see `MapService.integrate` (True for the pipeline's own frames).
+        """
         T_world_cam, error = self._lookup(frame.frame_id, frame.stamp_ns)
-        outcome = self._service.integrate(frame, T_world_cam, error)
+        outcome = self._service.integrate(frame, T_world_cam, error, assume_unit=assume_unit)
         if not outcome.ok and outcome.should_log:
             self._node.get_logger().warning(f"frame dropped: {outcome.reason}")
 

@@ -129,3 +129,93 @@ def test_a_frame_mixing_known_and_new_voxels_fuses_each_as_the_weighted_mean():
     assert torch.equal(storage.weights[~seen_twice], torch.ones(int((~seen_twice).sum())))
     # The hash index still points every key at its own row.
     assert torch.equal(storage.find(storage.keys), torch.arange(len(storage)))
+
+
+def test_channel_first_unit_input_is_summed_by_column_into_the_same_map(monkeypatch):
+    from dve_perception.mapping import integrator
+
+    calls = []
+    original = integrator.column_means
+
+    def recording(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(integrator, "column_means", recording)
+    hwc = _unit_field(5)
+    depth = _depth()
+    depth[:5] = 0.0  # unused pixels, whose embeddings must not reach any voxel
+    hwc[:5] = float("nan")
+    maps = []
+    for layout in ("channels-last", "channels-first"):
+        emap = EmbeddingMap(0.05, embedding_dim=DIM)
+        for shift in (0.0, 0.02):  # the second frame fuses into voxels of the first
+            T = np.eye(4)
+            T[0, 3] = shift
+            view = hwc.permute(2, 0, 1)
+            if layout == "channels-first":
+                view = view.contiguous()
+            emap.integrate(view, depth, K, T, assume_unit=True)
+        maps.append(_snapshot(emap))
+    assert len(calls) == 2  # only the channel-first frames took the column path
+    assert torch.equal(maps[0]["keys"], maps[1]["keys"])
+    torch.testing.assert_close(maps[0]["weights"], maps[1]["weights"], rtol=0, atol=0)
+    # Sums in another order: float32 rounding, then at most one float16 ulp apart.
+    torch.testing.assert_close(maps[0]["features"], maps[1]["features"], atol=1e-3, rtol=0)
+    assert torch.isfinite(maps[1]["features"]).all()
+
+
+@pytest.mark.parametrize("case", ["confidence", "float16", "not assume_unit", "strided"])
+def test_channel_first_input_needing_per_pixel_work_takes_the_row_path(monkeypatch, case):
+    from dve_perception.mapping import integrator
+
+    monkeypatch.setattr(
+        integrator,
+        "column_means",
+        lambda *a, **k: pytest.fail("the column path cannot weight or convert pixels"),
+    )
+    cf = _unit_field(6).permute(2, 0, 1).contiguous()
+    kwargs = {"assume_unit": case != "not assume_unit"}
+    if case == "confidence":
+        kwargs["confidence"] = torch.full((H, W), 0.5)
+    elif case == "float16":
+        cf = cf.half()
+    elif case == "strided":
+        cf = torch.cat([cf, cf], dim=2)[:, :, ::2]  # channel-first values, not contiguous
+    emap = EmbeddingMap(0.05, embedding_dim=DIM)
+    stats = emap.integrate(cf, _depth(), K, np.eye(4), **kwargs)
+    assert stats.pixels_used == H * W
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "channels-first"])
+def test_with_assume_unit_a_nan_pixel_costs_only_its_voxel(layout):
+    hwc = _unit_field(7)
+    maps, stats = [], []
+    for poisoned in (False, True):
+        field = hwc.clone()
+        if poisoned:
+            field[0, 1, 3] = float("nan")  # pixel 1: not among the 64 sampled (every 18th)
+        view = field.permute(2, 0, 1)
+        if layout == "channels-first":
+            view = view.contiguous()
+        emap = EmbeddingMap(0.05, embedding_dim=DIM)
+        stats.append(emap.integrate(view, _depth(), K, np.eye(4), assume_unit=True))
+        maps.append(_snapshot(emap))
+    assert stats[0].voxels_skipped == 0 and stats[1].voxels_skipped == 1
+    assert len(maps[1]["keys"]) == len(maps[0]["keys"]) - 1
+    assert torch.isfinite(maps[1]["features"]).all()
+    kept = torch.isin(maps[0]["keys"], maps[1]["keys"])
+    torch.testing.assert_close(maps[0]["features"][kept], maps[1]["features"], rtol=0, atol=0)
+
+
+def test_with_assume_unit_zero_embeddings_are_accepted_and_add_no_direction():
+    hwc = _unit_field(8)
+    hwc[:, :20] = 0.0  # the left half: "the network saw nothing", at valid depth
+    emap = EmbeddingMap(0.05, embedding_dim=DIM)
+    stats = emap.integrate(hwc.permute(2, 0, 1), _depth(), K, np.eye(4), assume_unit=True)
+    reference = EmbeddingMap(0.05, embedding_dim=DIM)
+    reference.integrate(hwc.permute(2, 0, 1), _depth(), K, np.eye(4))  # drops zero pixels
+    assert stats.voxels_skipped > 0  # voxels seeing only zero embeddings
+    keys, ref = _snapshot(emap), _snapshot(reference)
+    assert torch.equal(keys["keys"], ref["keys"])
+    torch.testing.assert_close(keys["features"], ref["features"], rtol=0, atol=1e-3)

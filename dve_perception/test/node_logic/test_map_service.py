@@ -70,6 +70,19 @@ def test_a_frame_the_map_cannot_take_is_dropped_and_the_map_is_unchanged(tmp_pat
     assert len(service.emap) == before and service.dropped["invalid frame"] == 1
 
 
+def test_only_frames_promised_unit_skip_normalisation(tmp_path):
+    # Frames from other publishers are normalised whatever their message promises; the
+    # pipeline's own frames (assume_unit) are trusted, and a frame breaking that is refused.
+    service = _service(tmp_path)
+    frame = _frame(FakeEncoder())
+    scaled = EmbeddingFrame(frame.embedding * 3.0, frame.depth_m, K, 0, "cam")
+    assert service.integrate(scaled, np.eye(4)).ok
+    outcome = service.integrate(scaled, np.eye(4), assume_unit=True)
+    assert not outcome.ok and "norm 3" in outcome.reason
+    assert service.integrate(frame, np.eye(4), assume_unit=True).ok
+    assert service.fused == 2
+
+
 def test_a_query_finds_the_phrase_on_its_side_of_the_frame(tmp_path):
     service = _service(tmp_path)
     service.integrate(_frame(FakeEncoder()), np.eye(4))
