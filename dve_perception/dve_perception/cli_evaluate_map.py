@@ -55,6 +55,16 @@ def add_evaluate_map_parser(subparsers: argparse._SubParsersAction) -> None:
         default="ignore",
         help="ground-truth voxels missing from the map: ignore them or count them as misses",
     )
+    parser.add_argument(
+        "--label-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="sample depth and labels of a recording at the network's output size (e.g. 120 "
+        "160 for the reduced-res model at 480x640), as the map saw the frames; then "
+        "--unmapped miss counts what the map lost, not the resolution difference (default: "
+        "the labels' full resolution)",
+    )
     parser.add_argument("--save-labels", type=Path, metavar="NPZ", help="write the voxel labels")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_models_arguments(parser.add_argument_group("text model"))
@@ -73,11 +83,14 @@ def _run_evaluate_map(args: argparse.Namespace) -> int:
             ".npz of voxel labels"
         )
     if args.labels.is_file():
+        if args.label_size is not None:
+            raise InputError("--label-size applies to a recording folder, not to voxel labels")
         truth = VoxelLabels.load(args.labels)
         names = _class_names(args.classes, truth.class_names, args.labels)
     else:
         names = _class_names(args.classes, None, args.labels)
-        truth = read_labelled_folder(args.labels, emap, names)
+        size = None if args.label_size is None else tuple(args.label_size)
+        truth = read_labelled_folder(args.labels, emap, names, size=size)
     if args.save_labels is not None:
         truth.save(args.save_labels)
     encoder, _, is_real = resolve_text_encoder(
@@ -108,11 +121,14 @@ def _class_names(given: list[str] | None, stored: tuple[str, ...] | None, labels
     )
 
 
-def read_labelled_folder(path: Path, emap: object, class_names: list[str]):  # noqa: ANN201
+def read_labelled_folder(  # noqa: ANN201
+    path: Path, emap: object, class_names: list[str], size: tuple[int, int] | None = None
+):
     """Voxel labels of a recording folder with `semantic/<stem>.png` next to each rgb image.
 
     Frames are read with `FolderSource` (the same pairing and poses `replay` uses); each frame's
     label image is matched by time stamp. Pixels outside the map's depth range do not vote.
+    `size`: sample depth and labels at this (h, w), see `voxel_labels_from_frames`.
 
     Raises:
         InputError: no semantic/ folder, a frame without a label image, a label image that
@@ -149,4 +165,5 @@ def read_labelled_folder(path: Path, emap: object, class_names: list[str]):  # n
         min_depth_m=config.min_depth_m,
         max_depth_m=config.max_depth_m,
         class_names=class_names,
+        size=size,
     )

@@ -20,6 +20,7 @@ import torch
 
 from dve_perception.camera import backproject_depth, check_intrinsics, check_pose, transform_points
 from dve_perception.errors import InputError
+from dve_perception.frames import sample_depth_at_centres, scale_intrinsics
 from dve_perception.mapping.voxel_hash import MAX_VOXEL_INDEX, pack_voxel_keys, unpack_voxel_keys
 
 __all__ = ["VoxelLabels", "voxel_labels_from_frames", "voxel_labels_from_rendered"]
@@ -97,6 +98,7 @@ def voxel_labels_from_frames(
     min_depth_m: float = 0.0,
     max_depth_m: float = math.inf,
     class_names: Sequence[str] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> VoxelLabels:
     """Voxel ground truth from labelled frames by back-projection and majority vote.
 
@@ -111,19 +113,32 @@ def voxel_labels_from_frames(
         min_depth_m: ignore closer pixels (use the map's setting to score what it could see).
         max_depth_m: ignore farther pixels.
         class_names: optional names stored with the result.
+        size: (h, w) to sample depth and labels at, as the pipeline pairs depth with a network
+            output of that size (`to_embedding_frame`: the pixel under each output pixel's
+            centre, K scaled to match). Pass the embedding size so that the ground truth holds
+            the voxels the map could observe; at full resolution it also holds voxels that no
+            embedding pixel reaches, which `unmapped="miss"` then counts against the map.
+            None: the labels' own resolution.
 
     Returns:
         The labelled voxels.
 
     Raises:
-        InputError: a bad voxel size, a frame without pose, labels of another size than depth,
-            non-integer or negative labels.
+        InputError: a bad voxel size or `size`, a frame without pose, labels of another size
+            than depth, non-integer or negative labels.
     """
     if not (isinstance(voxel_size_m, (int, float)) and 0.0 < voxel_size_m < math.inf):
         raise InputError(f"voxel_size_m must be a positive finite number, got {voxel_size_m!r}")
+    if size is not None and not (
+        len(size) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size)
+    ):
+        raise InputError(f"size must be two positive integers (h, w), got {size!r}")
     all_keys, all_labels = [], []
     for index, (frame, labels) in enumerate(frames):
-        keys, votes = _frame_votes(index, frame, labels, voxel_size_m, min_depth_m, max_depth_m)
+        keys, votes = _frame_votes(
+            index, frame, labels, voxel_size_m, min_depth_m, max_depth_m, size
+        )
         all_keys.append(keys)
         all_labels.append(votes)
     names = tuple(class_names) if class_names is not None else None
@@ -141,6 +156,7 @@ def _frame_votes(
     voxel_size_m: float,
     min_depth_m: float,
     max_depth_m: float,
+    size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the packed voxel key and label of every usable labelled pixel of one frame."""
     T = getattr(frame, "T_world_cam", None)
@@ -158,6 +174,11 @@ def _frame_votes(
     if labels.size and labels.min() < 0:
         raise InputError(f"labels of frame {index} contain {labels.min()}; expected 0 (void)..K")
     K, T = check_intrinsics(frame.K), check_pose(T)
+    if size is not None:  # the pixels an output of this size sees, as the pipeline samples them
+        (H, W), (h, w) = depth.shape, size
+        depth = sample_depth_at_centres(torch.from_numpy(depth), size).numpy()
+        labels = sample_depth_at_centres(torch.from_numpy(labels.astype(np.int64)), size).numpy()
+        K = scale_intrinsics(K, w / W, h / H)
     valid = (labels > 0) & np.isfinite(depth) & (depth > 0)
     valid &= (depth >= min_depth_m) & (depth <= max_depth_m)
     pixels = torch.from_numpy(np.flatnonzero(valid))

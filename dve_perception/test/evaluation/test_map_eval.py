@@ -112,6 +112,22 @@ def test_counting_unmapped_ground_truth_as_misses_lowers_iou_by_the_unmapped_vox
     assert math.isclose(miss.threshold_iou[k], inter / (_union(ignore, k) + miss.gt_unmapped[k]))
 
 
+def test_ground_truth_at_the_embedding_size_holds_only_voxels_the_map_could_see(room):
+    scene, frames, rendered, emap, full = room
+    labels = [view.labels + 1 for view in rendered]
+    size = (H // 4, W // 4)  # LabelColorEmbedder's output, like the reduced-res network
+    truth = voxel_labels_from_frames(
+        zip(frames, labels, strict=True), VOXEL_M, max_depth_m=10.0, size=size
+    )
+    encoder = LabelTextEncoder(scene)
+    result = evaluate_map(emap, encoder, scene.label_names, truth, unmapped="miss")
+    assert result.gt_unmapped.sum() == 0 and 0 < len(truth) < len(full)
+    for name in BOXES:
+        assert result.threshold_iou[scene.label_names.index(name)] >= MIN_IOU, name
+    with pytest.raises(InputError, match="size must be two positive integers"):
+        voxel_labels_from_frames(zip(frames, labels, strict=True), VOXEL_M, size=(0, 32))
+
+
 def _union(result, k: int) -> float:
     # |P| + |G| - |P & G| over scored voxels, from the counts the result reports.
     gt_scored = result.gt_voxels[k] - result.gt_unmapped[k]
@@ -315,6 +331,13 @@ def test_cli_evaluates_a_replayed_labelled_recording_end_to_end(
     assert [c["class"] for c in report["classes"]] == list(room_names(recording))
     assert main(["evaluate-map", str(map_path), "--labels", str(npz)]) == 0
     assert "mIoU" in capsys.readouterr().out
+    full = report["gt_voxels_unmapped"]
+    size = ["--label-size", str(H // 4), str(W // 4)]
+    assert main([*args, "--json", "--unmapped", "miss", *size]) == 0
+    at_embedding_size = json.loads(capsys.readouterr().out)
+    assert full > 0 and at_embedding_size["gt_voxels_unmapped"] == 0
+    assert main(["evaluate-map", str(map_path), "--labels", str(npz), *size]) == 2
+    assert "--label-size applies to a recording folder" in capsys.readouterr().err
     assert main([*args[:3], str(tmp_path / "nowhere")]) == 2
     assert "does not exist; expected a labelled recording" in capsys.readouterr().err
     (recording / "semantic").rename(recording / "labels")
