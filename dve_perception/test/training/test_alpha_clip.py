@@ -239,3 +239,30 @@ def test_torchscript_archive_is_refused(tmp_path):
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_alpha_clip(tmp_path / "nope.pth", TINY)
+
+
+@pytest.mark.slow
+def test_the_real_size_tower_with_random_weights_loads_from_file_and_runs(tmp_path):
+    # ViT-L/14@336 as published (304M parameters), seeded random weights stored in float16 like
+    # the released files: the loader must take them strictly and reproduce the source's output.
+    torch.manual_seed(0)
+    source = AlphaCLIPVisionTransformer(ALPHA_CLIP_L14_336).eval()
+    with torch.no_grad():
+        source.conv1_alpha.weight.normal_(0.0, 0.02)  # zero-initialised: make alpha matter
+        for parameter in source.parameters():  # what a float16 file can hold
+            parameter.copy_(parameter.half().float())
+    path = tmp_path / "alpha_clip_l14_336.pth"
+    torch.save({k: v.half() for k, v in source.state_dict().items()}, path)
+    loaded = load_alpha_clip(path, ALPHA_CLIP_L14_336)
+    del path
+    size = ALPHA_CLIP_L14_336.image_size
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(1, size, size, dtype=torch.bool)
+    mask[:, : size // 2] = True
+    alpha = preprocess_alpha(mask, size)
+    with torch.no_grad():
+        out, reference = loaded(image, alpha), source(image, alpha)
+        other_mask = source(image, preprocess_alpha(~mask, size))
+    assert out.shape == (1, 768) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    assert (other_mask - reference).abs().max() > 1e-3  # the alpha channel is wired in
