@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dve_perception.mapping import MapConfig
+from dve_perception.mapping import EmbeddingMap, MapConfig
 from dve_perception.mapping.voxel_map import VoxelEmbeddingMap
 from dve_perception.simulation import (
     RenderedFrame,
@@ -66,6 +66,10 @@ def bench_scene(num_frames: int, seed: int = 0) -> BenchScene:
     scene = make_room_scene(seed=seed, embedding_dim=DIM)
     field = SmoothFeatureField.random(dim=DIM, amplitude=FIELD_AMPLITUDE, seed=seed + 1)
     return BenchScene(scene, field, orbit_trajectory(scene, num_frames, seed=seed))
+
+
+def new_map(**settings) -> EmbeddingMap:
+    return EmbeddingMap(VOXEL_SIZE_M, embedding_dim=DIM, max_depth_m=MAX_DEPTH_M, **settings)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
