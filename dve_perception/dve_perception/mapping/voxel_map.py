@@ -19,6 +19,7 @@ import logging
 import torch
 
 from dve_perception.errors import ConfigError
+from dve_perception.mapping.float16_rounding import StochasticFloat16
 from dve_perception.mapping.map_config import MapConfig
 from dve_perception.mapping.voxel_hash import (
     VoxelHashIndex,
@@ -236,6 +237,7 @@ class VoxelEmbeddingMap(VoxelScoring):
         self.evicted_count = 0
         self.basis: torch.Tensor | None = None  # (D, k) float32 once a PCA basis is fitted
         self.negatives: torch.Tensor | None = None  # (K, D) float32 while set_negatives is on
+        self._rounding = StochasticFloat16(self.device)
         self._index = VoxelHashIndex(self.device)
         self._workspace = Workspace(self.device)
         self._size = 0
@@ -323,7 +325,10 @@ class VoxelEmbeddingMap(VoxelScoring):
             old = _residual(self._norms.index_select(0, slots), mean)
             energy = old.mul_((1 - step).square_()).add_(residual * step.square())
         mean.lerp_(codes, step.unsqueeze(1))
-        stored.copy_(mean)
+        # Large leading pca coefficients have float16 spacings near the size of a capped update,
+        # which rounding to nearest then loses (benchmarks/study_int4_fusion.py); float16 maps
+        # store small coordinates and keep rounding to nearest (cheaper).
+        stored.copy_(mean if self.basis is None else self._rounding(mean))
         self._features.index_copy_(0, slots, stored)
         # Norms of the stored float16 rows, not of the float32 mean, so that a reloaded map
         # (which recomputes them) scores bit-identically; `mean` is reused as the buffer.
