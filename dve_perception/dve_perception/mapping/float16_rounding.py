@@ -72,6 +72,12 @@ class StochasticFloat16:
                 dtype=torch.int32,
                 device=self.device,
             )
-        offset = torch.randint(0, self._table.numel() - count + 1, (1,), generator=self._generator)
+        offset = torch.randint(
+            0,
+            self._table.numel() - count + 1,
+            (1,),
+            generator=self._generator,
+            device=self.device,  # a CUDA generator draws on the GPU only
+        )
         start = int(offset.item())
         return self._table[start : start + count]

@@ -91,3 +91,13 @@ def test_a_map_built_twice_from_the_same_frames_is_identical(seed):
             )
         built.append(storage.features.clone())
     assert torch.equal(built[0], built[1])
+
+
+@pytest.mark.gpu
+def test_stochastic_rounding_runs_on_cuda_and_is_unbiased():
+    from dve_perception.mapping.float16_rounding import StochasticFloat16
+
+    rounding = StochasticFloat16(torch.device("cuda"))
+    values = torch.full((4000, 128), 0.70013, device="cuda")
+    means = torch.stack([rounding(values).double().mean() for _ in range(20)])
+    assert abs(means.mean().item() - 0.70013) < 0.01 * 0.70013 * 2.0**-10
