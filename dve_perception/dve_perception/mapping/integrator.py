@@ -122,7 +122,6 @@ class EmbeddingIntegrator:
         pixels, columns, pixel_confidence, scale, rows = self._valid_pixels(
             rows, depth_m, confidence, assume_unit
         )
-        h, w = depth_m.shape
         p_world = transform_points(T_world_cam, backproject_depth(depth_m, K, pixels))
         voxels = torch.floor(p_world / self.map.config.voxel_size_m).to(torch.int64)
         in_range = ((voxels >= -MAX_VOXEL_INDEX) & (voxels < MAX_VOXEL_INDEX)).all(dim=1)
