@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from dve_perception.errors import InputError, MapFileError
+from dve_perception.errors import ConfigError, InputError, MapFileError
 from dve_perception.mapping import map_io
 from dve_perception.mapping.integrator import EmbeddingIntegrator, IntegrationStats
 from dve_perception.mapping.map_config import MapConfig
@@ -109,7 +109,7 @@ class EmbeddingMap:
                 "voxels": len(storage),
                 "frames": storage.frame_count,
                 "evicted": storage.evicted_count,
-                "feature_encoding": "pca" if storage.basis is not None else "float16",
+                "feature_encoding": storage.encoding,
                 "bytes_per_voxel": round(storage.bytes_per_voxel(), 1),
             }
 
@@ -257,13 +257,13 @@ class EmbeddingMap:
             if n < 3:
                 return np.full((n, 3), 128, dtype=np.uint8)
             basis = basis if basis is not None else self.fit_color_basis()
-            features = self._storage.features
+            storage = self._storage
             # Colour in chunks: a float32 copy of a million 768-d voxels would take 3 GB at once.
             chunks = [
-                pca_colors(_as_image(features[start : start + _COLOR_CHUNK]), basis)[:, 0, :]
-                for start in range(0, n, _COLOR_CHUNK)
+                pca_colors(_as_image(storage.decode(storage.features[i : i + _COLOR_CHUNK])), basis)
+                for i in range(0, n, _COLOR_CHUNK)
             ]
-            return np.concatenate(chunks)
+            return np.concatenate([chunk[:, 0, :] for chunk in chunks])
 
     def pca_cloud(
         self, basis: PcaBasis | None = None
@@ -284,7 +284,7 @@ class EmbeddingMap:
             points = self.points()
             if len(points) < 3:
                 return points, self.colors("pca"), None
-            width = self._storage.features.shape[1]
+            width = self._storage.feature_dim
             if basis is None or basis.mean.shape[0] != width:
                 basis = self.fit_color_basis()
             return points, self.colors("pca", basis=basis), basis
@@ -301,8 +301,10 @@ class EmbeddingMap:
             n = len(self._storage)
             if n < 3:
                 raise InputError(f"a colour basis needs at least 3 voxels, the map has {n}")
-            sample = self._storage.features[:: max(1, n // _PCA_COLOR_SAMPLES)]
-            return fit_pca(_as_image(sample))
+            storage = self._storage
+            return fit_pca(
+                _as_image(storage.decode(storage.features[:: max(1, n // _PCA_COLOR_SAMPLES)]))
+            )
 
     def save_ply(
         self, path: str | os.PathLike, mode: str = "pca", result: QueryResult | None = None
@@ -330,7 +332,7 @@ class EmbeddingMap:
             snapshot = map_io.MapSnapshot(
                 voxel_size_m=self.voxel_size_m,
                 embedding_dim=self.config.embedding_dim,
-                feature_encoding="pca" if storage.basis is not None else "float16",
+                feature_encoding=storage.encoding,
                 voxels=storage.voxels.to(torch.int32).cpu().numpy(),
                 features=storage.features.cpu().numpy(),
                 weights=storage.weights.cpu().numpy(),
@@ -340,6 +342,7 @@ class EmbeddingMap:
                 evicted_count=storage.evicted_count,
                 settings=self.config.to_dict(),
                 norms=None if storage.basis is None else storage.norms.cpu().numpy(),
+                pca_head_dim=None if storage.codes is None else storage.codes.head,
             )
             return map_io.save_map(path, snapshot)
 
@@ -359,23 +362,34 @@ class EmbeddingMap:
             raise MapFileError(f"{path}: voxel size in settings and header disagree")
         if len(snapshot.voxels) > config.max_voxels:
             raise MapFileError(f"{path}: {len(snapshot.voxels)} voxels exceed max_voxels")
+        stored = "float16" if snapshot.basis is None else config.feature_encoding
+        if stored != snapshot.feature_encoding:
+            raise MapFileError(
+                f"{path}: settings say {config.feature_encoding!r}, the header "
+                f"{snapshot.feature_encoding!r}"
+            )
+        if snapshot.pca_head_dim not in (None, config.pca_head_dim):
+            raise MapFileError(f"{path}: pca_head_dim in settings and header disagree")
         emap = cls(config=config, device=device)
-        emap._storage.load_state(
-            torch.from_numpy(snapshot.voxels).to(torch.int64),
-            torch.from_numpy(snapshot.features),
-            torch.from_numpy(snapshot.weights),
-            torch.from_numpy(snapshot.last_seen),
-            None if snapshot.basis is None else torch.from_numpy(snapshot.basis),
-            None if snapshot.norms is None else torch.from_numpy(snapshot.norms),
-        )
+        try:
+            emap._storage.load_state(
+                torch.from_numpy(snapshot.voxels).to(torch.int64),
+                torch.from_numpy(snapshot.features),
+                torch.from_numpy(snapshot.weights),
+                torch.from_numpy(snapshot.last_seen),
+                None if snapshot.basis is None else torch.from_numpy(snapshot.basis),
+                None if snapshot.norms is None else torch.from_numpy(snapshot.norms),
+            )
+        except ConfigError as err:
+            raise MapFileError(f"{path}: {err}") from err
         emap._storage.frame_count = snapshot.frame_count
         emap._storage.evicted_count = snapshot.evicted_count
         return emap
 
 
-def _as_image(rows: torch.Tensor) -> torch.Tensor:
-    """(M, F) float16 voxel features -> (F, M, 1) float32, the layout visualization expects."""
-    return rows.to(torch.float32).T.unsqueeze(-1)
+def _as_image(values: torch.Tensor) -> torch.Tensor:
+    """(M, F) float32 voxel values -> (F, M, 1), the layout visualization expects."""
+    return values.T.unsqueeze(-1)
 
 
 def _unit_rows(

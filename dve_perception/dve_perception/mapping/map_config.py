@@ -7,11 +7,15 @@ from dataclasses import asdict, dataclass, field, fields
 
 from dve_perception.errors import ConfigError
 
-__all__ = ["FEATURE_ENCODINGS", "MapConfig"]
+__all__ = ["FEATURE_ENCODINGS", "PCA_ENCODINGS", "MapConfig"]
 
 #: "float16": the 768-d running mean itself (1536 B/voxel). "pca": its coefficients in an
-#: orthonormal basis fitted on the map's first voxels (2 * pca_dim B/voxel); see docs/mapping.md.
-FEATURE_ENCODINGS = ("float16", "pca")
+#: orthonormal basis fitted on the map's first voxels, as float16 (2 * pca_dim B/voxel).
+#: "pca_int": the same coefficients as integers, the first pca_head_dim in 16-bit fixed point and
+#: the rest in 8 bits with a per-voxel scale (pca_dim + pca_head_dim + 2 B/voxel, rounded up to
+#: a multiple of 8). See docs/mapping.md.
+FEATURE_ENCODINGS = ("float16", "pca", "pca_int")
+PCA_ENCODINGS = ("pca", "pca_int")
 
 
 def _describe(text: str) -> dict[str, str]:
@@ -53,13 +57,24 @@ class MapConfig:
         },
     )
     pca_dim: int = field(
-        default=128, metadata=_describe("basis size for feature_encoding 'pca' (2 B each)")
+        default=128,
+        metadata=_describe(
+            "basis size for feature_encoding 'pca' (2 B each) or 'pca_int' (222 with the "
+            "default pca_head_dim fills 256 B)"
+        ),
+    )
+    pca_head_dim: int = field(
+        default=32,
+        metadata=_describe(
+            "with 'pca_int', the leading coefficients kept in 16-bit fixed point (2 B each); "
+            "the other pca_dim - pca_head_dim take 1 B each"
+        ),
     )
     pca_fit_voxels: int = field(
         default=20_000,
         metadata=_describe(
-            "with 'pca', voxels are kept in float16 until this many exist, then the basis is "
-            "fitted on them and every voxel is converted"
+            "with 'pca' or 'pca_int', voxels are kept in float16 until this many exist, then "
+            "the basis is fitted on them and every voxel is converted"
         ),
     )
 
@@ -68,7 +83,7 @@ class MapConfig:
         _positive_finite("voxel_size_m", self.voxel_size_m)
         _positive_finite("weight_cap", self.weight_cap)
         _positive_finite("max_depth_m", self.max_depth_m)
-        for name in ("embedding_dim", "max_voxels", "pca_dim", "pca_fit_voxels"):
+        for name in ("embedding_dim", "max_voxels", "pca_dim", "pca_head_dim", "pca_fit_voxels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -83,14 +98,20 @@ class MapConfig:
                 f"feature_encoding must be one of {FEATURE_ENCODINGS}, "
                 f"got {self.feature_encoding!r}"
             )
-        if self.feature_encoding == "pca" and self.pca_dim >= self.embedding_dim:
+        if self.feature_encoding not in PCA_ENCODINGS:
+            return
+        if self.pca_dim >= self.embedding_dim:
             raise ConfigError(
                 f"pca_dim ({self.pca_dim}) must be smaller than embedding_dim "
                 f"({self.embedding_dim}); use feature_encoding 'float16' to keep every dimension"
             )
-        if self.feature_encoding == "pca" and self.pca_fit_voxels < self.pca_dim:
+        if self.pca_fit_voxels < self.pca_dim:
             raise ConfigError(
                 f"pca_fit_voxels ({self.pca_fit_voxels}) must be at least pca_dim ({self.pca_dim})"
+            )
+        if self.feature_encoding == "pca_int" and self.pca_head_dim > self.pca_dim:
+            raise ConfigError(
+                f"pca_head_dim ({self.pca_head_dim}) must be at most pca_dim ({self.pca_dim})"
             )
 
     def to_dict(self) -> dict[str, float | int | str]:

@@ -1,8 +1,9 @@
 """Sparse voxel storage of fused embeddings: keys, features, weights, recency and a memory cap.
 
 The map knows voxels, not cameras (the integrator turns frames into per-voxel observations).
-Each voxel holds the weighted running mean m of the unit embeddings observed in it, as float16,
-either in full (`float16`) or as coefficients c = B^T m in an orthonormal basis B (`pca`).
+Each voxel holds the weighted running mean m of the unit embeddings observed in it, either in
+full as float16 (`float16`) or as coefficients c = B^T m in an orthonormal basis B, stored as
+float16 (`pca`) or as fixed-point integers (`pca_int`, fixed_point_codes.py).
 Scores against a unit query q are cosines <q, m> / |m| = <B^T q, c> / |m|; |m| is kept per voxel
 (with pca it is not |c|: the difference |m|^2 - |c|^2 is the energy the basis drops). Storage lives
 in preallocated tensors on one device (CPU or CUDA) and grows geometrically up to `max_voxels`.
@@ -19,8 +20,9 @@ import logging
 import torch
 
 from dve_perception.errors import ConfigError
+from dve_perception.mapping.fixed_point_codes import FixedPointCodes
 from dve_perception.mapping.float16_rounding import StochasticFloat16
-from dve_perception.mapping.map_config import MapConfig
+from dve_perception.mapping.map_config import PCA_ENCODINGS, MapConfig
 from dve_perception.mapping.voxel_hash import (
     VoxelHashIndex,
     pack_voxel_keys,
@@ -51,8 +53,13 @@ class VoxelEmbeddingMap(VoxelScoring):
 
     @property
     def feature_dim(self) -> int:
-        """Return the stored feature width: embedding_dim, or pca_dim after the basis is fitted."""
-        return self._features.shape[1]
+        """Return the values per voxel: embedding_dim, or pca_dim once a basis is fitted."""
+        return self.config.embedding_dim if self.basis is None else self.basis.shape[1]
+
+    @property
+    def encoding(self) -> str:
+        """How features are stored now: "float16" until a pca map has fitted its basis."""
+        return "float16" if self.basis is None else self.config.feature_encoding
 
     @property
     def keys(self) -> torch.Tensor:
@@ -66,8 +73,17 @@ class VoxelEmbeddingMap(VoxelScoring):
 
     @property
     def features(self) -> torch.Tensor:
-        """(N, F) float16 running means (a view; do not modify)."""
+        """(N, F) float16 running means or coefficients, or (N, W) int8 rows of `pca_int`.
+
+        A view; do not modify. `decode` turns rows of any encoding into float32 values.
+        """
         return self._features[: self._size]
+
+    def decode(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Stored rows (e.g. a slice of `features`) -> (M, feature_dim) float32 values."""
+        if self.codes is not None:
+            return self.codes.decode(rows, out)
+        return rows.to(torch.float32) if out is None else out.copy_(rows)
 
     @property
     def weights(self) -> torch.Tensor:
@@ -79,7 +95,7 @@ class VoxelEmbeddingMap(VoxelScoring):
         """(N,) float32 |m|^2 - |c|^2, the energy the pca basis drops (computed; zeros without)."""
         if self.basis is None:
             return torch.zeros(self._size, device=self.device)
-        return _residual(self.norms, self.features)
+        return _residual(self.norms, self.decode(self.features))
 
     @property
     def last_seen(self) -> torch.Tensor:
@@ -95,7 +111,8 @@ class VoxelEmbeddingMap(VoxelScoring):
 
         Plus 5 B (score and changed flag) while `set_negatives` is active.
         """
-        per_row = self.feature_dim * 2 + 4 + 4 + 8 + 8 + (0 if self.negatives is None else 5)
+        row = self._features.shape[1] * self._features.element_size()
+        per_row = row + 4 + 4 + 8 + 8 + (0 if self.negatives is None else 5)
         hash_bytes = 16 * self._index.bucket_count / max(1, self._size)
         return per_row + hash_bytes
 
@@ -157,7 +174,7 @@ class VoxelEmbeddingMap(VoxelScoring):
             self._append(keys[fresh], codes[fresh], weights[fresh], residual[fresh])
         self.evicted_count += removed
         self.frame_count += 1
-        if self.config.feature_encoding == "pca" and self.basis is None:
+        if self.config.feature_encoding in PCA_ENCODINGS and self.basis is None:
             if self._size >= self.config.pca_fit_voxels:
                 self.fit_basis()
         return created, removed
@@ -193,9 +210,9 @@ class VoxelEmbeddingMap(VoxelScoring):
         """
         if self.basis is not None:
             return
-        if self.config.feature_encoding != "pca" or self._size < self.config.pca_dim:
+        if self.config.feature_encoding not in PCA_ENCODINGS or self._size < self.config.pca_dim:
             raise ConfigError(
-                f"a PCA basis needs feature_encoding 'pca' and at least pca_dim "
+                f"a PCA basis needs feature_encoding 'pca' or 'pca_int' and at least pca_dim "
                 f"({self.config.pca_dim}) voxels; this map is "
                 f"'{self.config.feature_encoding}' with {self._size} voxels"
             )
@@ -210,9 +227,12 @@ class VoxelEmbeddingMap(VoxelScoring):
         basis = basis * torch.where(signs == 0, torch.ones_like(signs), signs)
         means = self.features.to(torch.float32)
         codes = means @ basis
-        self.basis = basis
-        self._resize(self._capacity, basis.shape[1])
-        self._features[: self._size] = codes.to(torch.float16)
+        self._set_basis(basis)
+        self._resize(self._capacity, *self._row_format())
+        if self.codes is not None:
+            self.codes.encode(codes, self._features[: self._size])
+        else:
+            self._features[: self._size] = codes.to(torch.float16)
         # |m| of the full means, not |c|: the scores then divide by the true norm (pca rankings
         # move closer to exact ones, docs/mapping.md); the norms are saved with the map.
         self._norms[: self._size] = _row_norms(means)
@@ -236,12 +256,13 @@ class VoxelEmbeddingMap(VoxelScoring):
         self.frame_count = 0
         self.evicted_count = 0
         self.basis: torch.Tensor | None = None  # (D, k) float32 once a PCA basis is fitted
+        self.codes: FixedPointCodes | None = None  # with the basis of a pca_int map
         self.negatives: torch.Tensor | None = None  # (K, D) float32 while set_negatives is on
         self._rounding = StochasticFloat16(self.device)
         self._index = VoxelHashIndex(self.device)
         self._workspace = Workspace(self.device)
         self._size = 0
-        self._resize(0, self.config.embedding_dim)  # empty: copies nothing, sets every array
+        self._resize(0, *self._row_format())  # empty: copies nothing, sets every array
 
     def load_state(
         self,
@@ -254,20 +275,41 @@ class VoxelEmbeddingMap(VoxelScoring):
     ) -> None:
         """Replace the content with validated arrays (from a map file).
 
-        `norms` (N,) float32 |m| belongs to a pca map; None (files of format 1) means the norms
-        of the coefficients, as those maps scored. float16 maps recompute them.
+        `features` are rows as `features` returns them: (N, F) float16, or (N, W) int8 for a
+        pca_int map (with its basis). `norms` (N,) float32 |m| belongs to a pca map; None
+        (files of format 1) means the norms of the coefficients, as those maps scored. float16
+        maps recompute them.
+
+        Raises:
+            ConfigError: rows of another encoding or size than this map's settings give.
         """
         n = voxels.shape[0]
-        self.basis = None if basis is None else basis.to(self.device, torch.float32)
+        width, dtype = self.config.embedding_dim, torch.float16
+        if basis is not None:
+            width = basis.shape[1]
+            if self.config.feature_encoding == "pca_int":
+                width, dtype = (
+                    FixedPointCodes(width, self.config.pca_head_dim).row_bytes,
+                    torch.int8,
+                )
+        right_type = features.dtype == dtype or (
+            dtype != torch.int8 and features.is_floating_point()
+        )
+        if not right_type or tuple(features.shape[1:]) != (width,):
+            raise ConfigError(
+                f"this map's settings store {dtype} rows of {width} values, got "
+                f"{features.dtype} rows of {tuple(features.shape[1:])}"
+            )
+        self._set_basis(None if basis is None else basis.to(self.device, torch.float32))
         self._size = 0
-        self._resize(n, features.shape[1])
+        self._resize(n, width, dtype)
         self._size = n
         self._keys[:n] = pack_voxel_keys(voxels.to(self.device))
         self._features[:n] = features.to(self.device)
         self._weights[:n] = weights.to(self.device)
         self._last_seen[:n] = last_seen.to(self.device)
         if norms is None or self.basis is None:
-            self._norms[:n] = _row_norms(self._features[:n])
+            self._norms[:n] = _row_norms(self.decode(self._features[:n]))
         else:
             self._norms[:n] = norms.to(self.device)
         self._index.rebuild(self.keys, torch.arange(n, device=self.device))
@@ -310,10 +352,10 @@ class VoxelEmbeddingMap(VoxelScoring):
         residual: torch.Tensor,
     ) -> None:
         old_weight = self._weights.index_select(0, slots)
-        shape = (slots.numel(), self.feature_dim)
-        stored = self._workspace.get("rows_float16", shape, torch.float16)
-        mean = self._workspace.get("rows_float32", shape, torch.float32)
-        mean.copy_(torch.index_select(self._features, 0, slots, out=stored))
+        width, dtype = self._features.shape[1], self._features.dtype
+        stored = self._workspace.get("rows_stored", (slots.numel(), width), dtype)
+        mean = self._workspace.get("rows_float32", (slots.numel(), self.feature_dim), torch.float32)
+        self.decode(torch.index_select(self._features, 0, slots, out=stored), out=mean)
         # m <- m + (x - m) * w / (W + w): the weighted running mean, in place (lerp) because the
         # temporaries of the spelled-out formula cost more than the arithmetic on a CPU.
         step = weights / (old_weight + weights)
@@ -325,14 +367,11 @@ class VoxelEmbeddingMap(VoxelScoring):
             old = _residual(self._norms.index_select(0, slots), mean)
             energy = old.mul_((1 - step).square_()).add_(residual * step.square())
         mean.lerp_(codes, step.unsqueeze(1))
-        # Large leading pca coefficients have float16 spacings near the size of a capped update,
-        # which rounding to nearest then loses (benchmarks/study_int4_fusion.py); float16 maps
-        # store small coordinates and keep rounding to nearest (cheaper).
-        stored.copy_(mean if self.basis is None else self._rounding(mean))
+        self._store(stored, mean)
         self._features.index_copy_(0, slots, stored)
-        # Norms of the stored float16 rows, not of the float32 mean, so that a reloaded map
-        # (which recomputes them) scores bit-identically; `mean` is reused as the buffer.
-        self._norms.index_copy_(0, slots, _row_norms(mean.copy_(stored), energy))
+        # Norms of the stored rows, not of the float32 mean, so that a reloaded map (which
+        # recomputes them) scores bit-identically; `mean` is reused as the buffer.
+        self._norms.index_copy_(0, slots, _row_norms(self.decode(stored, out=mean), energy))
         self._weights.index_copy_(
             0, slots, (old_weight + weights).clamp_max(self.config.weight_cap)
         )
@@ -347,39 +386,68 @@ class VoxelEmbeddingMap(VoxelScoring):
             return
         if self._size + m > self._capacity:
             grown = max(self._size + m, int(1.5 * self._capacity), 1024)
-            self._resize(min(grown, self.config.max_voxels), self.feature_dim)
+            self._resize(min(grown, self.config.max_voxels), *self._row_format())
         start, end = self._size, self._size + m
         self._keys[start:end] = keys
         stored = self._features[start:end]
-        stored.copy_(codes)  # rounds to float16 in place, no temporary
+        if self.codes is None:
+            stored.copy_(codes)  # rounds to float16 in place, no temporary
+        else:
+            self.codes.encode(codes, stored)
         # Norms as `_row_norms` computes them, in a reused float32 buffer (no page faults).
         rows = self._workspace.get("rows_float32", (m, self.feature_dim), torch.float32)
         energy = None if self.basis is None else residual
-        self._norms[start:end] = _row_norms(rows.copy_(stored), energy)
+        self._norms[start:end] = _row_norms(self.decode(stored, out=rows), energy)
         self._weights[start:end] = weights.clamp_max(self.config.weight_cap)
         self._last_seen[start:end] = self.frame_count
         self._index.insert(keys, torch.arange(start, end, device=self.device))
         self._size = end
         self._mark_changed(slice(start, end))
 
-    def _resize(self, capacity: int, feature_dim: int) -> None:
+    def _set_basis(self, basis: torch.Tensor | None) -> None:
+        self.basis = basis
+        self.codes = None
+        if basis is not None and self.config.feature_encoding == "pca_int":
+            self.codes = FixedPointCodes(basis.shape[1], self.config.pca_head_dim)
+
+    def _row_format(self) -> tuple[int, torch.dtype]:
+        """(width, dtype) of a stored row in the current encoding."""
+        if self.codes is not None:
+            return self.codes.row_bytes, torch.int8
+        return self.feature_dim, torch.float16
+
+    def _store(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Write (M, feature_dim) float32 values into stored `rows`, rounding as the encoding does.
+
+        Large leading pca coefficients have float16 spacings near the size of a capped update,
+        which rounding to nearest then loses (benchmarks/study_int4_fusion.py): float16 pca rows
+        round stochastically, pca_int rows are fixed point there; float16 maps store small
+        coordinates and keep rounding to nearest (cheaper).
+        """
+        if self.codes is not None:
+            self.codes.encode(values, rows)
+        else:
+            rows.copy_(values if self.basis is None else self._rounding(values))
+
+    def _resize(self, capacity: int, width: int, dtype: torch.dtype) -> None:
         """Reallocate storage for `capacity` voxels, keeping the current rows.
 
-        Features are kept only when their width is unchanged (fit_basis writes the new ones).
+        Features are kept only when their format is unchanged (fit_basis writes the new ones).
         """
         n = self._size
+        same_rows = (
+            (width, dtype) == (self._features.shape[1], self._features.dtype) if n else False
+        )
         arrays = {
             "_keys": torch.empty(capacity, dtype=torch.int64, device=self.device),
-            "_features": torch.empty(
-                capacity, feature_dim, dtype=torch.float16, device=self.device
-            ),
+            "_features": torch.empty(capacity, width, dtype=dtype, device=self.device),
             "_weights": torch.empty(capacity, dtype=torch.float32, device=self.device),
             "_norms": torch.empty(capacity, dtype=torch.float32, device=self.device),
             "_last_seen": torch.empty(capacity, dtype=torch.int64, device=self.device),
         }
         arrays.update(self._new_negative_arrays(capacity))
         for name, array in arrays.items():
-            if n and (name != "_features" or feature_dim == self._features.shape[1]):
+            if n and (name != "_features" or same_rows):
                 array[:n] = getattr(self, name)[:n]
             setattr(self, name, array)
         self._capacity = capacity

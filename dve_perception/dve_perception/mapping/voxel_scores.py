@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from dve_perception.errors import ConfigError
+from dve_perception.mapping.fixed_point_codes import FixedPointCodes
 
 __all__ = ["VoxelScoring"]
 
@@ -35,6 +36,7 @@ class VoxelScoring:
     _capacity: int
     _hardest: torch.Tensor
     _changed: torch.Tensor
+    codes: FixedPointCodes | None
 
     def encode(self, directions: torch.Tensor) -> torch.Tensor:
         """Project embeddings into the stored feature space (`VoxelEmbeddingMap.encode`)."""
@@ -56,14 +58,11 @@ class VoxelScoring:
             queries, e.g. the hardest negative, then run across rows, which is ~30x faster on a
             CPU than across a 4-wide dimension); 0 for voxels whose mean vanished.
         """
-        codes = self.encode(queries).to(torch.float16)  # (Q, F)
+        terms = self._query_terms(queries)
         out = torch.empty(queries.shape[0], self._size, device=self.device)
         for start in range(0, self._size, _SCORE_CHUNK):
             block = self._features[start : min(start + _SCORE_CHUNK, self._size)]
-            # float16 products accumulate in float32 inside the kernel, but the result is
-            # rounded to float16 (~5e-4 relative): that is the price of a product that reads
-            # the features once; a float32 copy of each chunk would double the time on a CPU.
-            out[:, start : start + block.shape[0]] = codes @ block.T
+            out[:, start : start + block.shape[0]] = self._products(terms, block)
         return out.div_(self.norms.clamp_min(_NORM_EPS))
 
     def hardest_negative(self) -> torch.Tensor:
@@ -107,6 +106,30 @@ class VoxelScoring:
         close = _row_distances(negatives, self.negatives) <= _SAME_VECTOR_TOLERANCE  # (K, C)
         return close.any(dim=1) if bool(close.any(dim=0).all()) else None
 
+    def _query_terms(self, queries: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(Q, D) unit queries -> what `_products` multiplies stored rows with.
+
+        Projected one query at a time: a batched product may sum in another order, and a
+        voxel's score must not depend on the other queries of the batch (the cache relies on it).
+        """
+        rows = [self.encode(query.unsqueeze(0)) for query in queries]
+        codes = torch.cat(rows) if rows else self.encode(queries)  # (Q, F) float32
+        if self.codes is not None:
+            return self.codes.query_columns(codes)
+        return (codes.to(torch.float16),)
+
+    def _products(self, terms: tuple[torch.Tensor, ...], rows: torch.Tensor) -> torch.Tensor:
+        """(Q, M) products of the queries behind `terms` with (M, W) stored rows (unnormalised).
+
+        float16 rows: float16 products accumulate in float32 inside the kernel, but the result
+        is rounded to float16 (~5e-4 relative): the price of a product that reads the features
+        once; a float32 copy of each chunk would double the time on a CPU. pca_int rows: exact
+        integer products combined in float32 (fixed_point_codes.py), ~1e-6.
+        """
+        if self.codes is not None:
+            return self.codes.scores(rows, *terms)
+        return terms[0] @ rows.T
+
     def _mark_changed(self, slots: torch.Tensor | slice) -> None:
         """Flag voxels whose stored mean or norm changed (their negative score is stale)."""
         if self.negatives is not None:
@@ -127,10 +150,10 @@ class VoxelScoring:
     def _score_negatives(self, slots: torch.Tensor) -> None:
         """Compute the best negative score of the voxels at `slots`."""
         assert self.negatives is not None
-        codes = self.encode(self.negatives).to(torch.float16)
+        terms = self._query_terms(self.negatives)
         for start in range(0, slots.numel(), _SCORE_CHUNK):  # bounds the (K, chunk) temporary
             chunk = slots[start : start + _SCORE_CHUNK]
-            best = (codes @ self._features[chunk].T).amax(dim=0).to(torch.float32)
+            best = self._products(terms, self._features[chunk]).amax(dim=0).to(torch.float32)
             # The largest of K float16 products over a positive norm: the same value as the
             # largest of `scores`' K quotients, since dividing by a positive number and
             # rounding both keep the order.

@@ -40,8 +40,12 @@ def _assert_same_state(a: EmbeddingMap, b: EmbeddingMap) -> None:
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"feature_encoding": "pca", "pca_dim": 8, "pca_fit_voxels": 100}],
-    ids=["float16", "pca"],
+    [
+        {},
+        {"feature_encoding": "pca", "pca_dim": 8, "pca_fit_voxels": 100},
+        {"feature_encoding": "pca_int", "pca_dim": 8, "pca_head_dim": 3, "pca_fit_voxels": 100},
+    ],
+    ids=["float16", "pca", "pca_int"],
 )
 def test_a_saved_map_loads_back_exactly_and_answers_the_same(tmp_path, settings):
     emap = _filled_map(**settings)

@@ -51,6 +51,12 @@ MAPS = {
     "float16": {},
     # The basis is fitted while the cache is on, so the refresh after the fit is exercised.
     "pca fitted later": {"feature_encoding": "pca", "pca_dim": 8, "pca_fit_voxels": 1000},
+    "pca_int fitted later": {
+        "feature_encoding": "pca_int",
+        "pca_dim": 12,
+        "pca_head_dim": 4,
+        "pca_fit_voxels": 1000,
+    },
     "evicting": {"max_voxels": 600, "eviction_fraction": 0.1},
 }
 
