@@ -134,7 +134,7 @@ def test_file_is_a_plain_npz_readable_without_dve_perception_as_documented(saved
     with np.load(path, allow_pickle=False) as npz:  # the recipe of docs/map_format.md
         header = json.loads(npz["header"].tobytes().decode("utf-8"))
         arrays = {name: npz[name] for name in header["arrays"]}
-    assert header["format"] == map_io.FORMAT_NAME and header["format_version"] == 2
+    assert header["format"] == map_io.FORMAT_NAME and header["format_version"] == 3
     assert header["num_voxels"] == 50 and header["feature_dim"] == 4
     for name, array in arrays.items():
         assert array.tobytes() == getattr(snapshot, name).tobytes()
@@ -145,7 +145,7 @@ def test_read_map_header_describes_a_file_without_reading_its_arrays(saved):
     path, _ = saved
     flip_byte(path, data_span(path, "features.npy")[1] - 1)  # arrays are damaged, header is not
     header = read_map_header(path)
-    assert header["format"] == map_io.FORMAT_NAME and header["format_version"] == 2
+    assert header["format"] == map_io.FORMAT_NAME and header["format_version"] == 3
     assert header["voxel_size_m"] == 0.05 and header["feature_encoding"] == "pca"
     assert header["embedding_dim"] == 16 and header["num_voxels"] == 50
     assert header["frame_count"] == 1000 and header["evicted_count"] == 7
@@ -298,7 +298,7 @@ def without_basis(header: dict) -> dict:
     ("edit", "message"),
     [
         (changed(format="someone.else"), "not a dve_perception map file.*'someone.else'"),
-        (changed(format_version=3), r"newer dve_perception \(format 3, this reads up to 2\); upgr"),
+        (changed(format_version=4), r"newer dve_perception \(format 4, this reads up to 3\); upgr"),
         *[
             (changed(format_version=v), "corrupted: format_version is .*, expected an int >= 1")
             for v in (0, -1, "1", 1.0, True, None)
