@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from dve_perception.mapping import EmbeddingMap, MapConfig
+from dve_perception.mapping.fixed_point_codes import FixedPointCodes
 from dve_perception.mapping.voxel_map import VoxelEmbeddingMap
 from dve_perception.simulation import (
     RenderedFrame,
@@ -136,6 +137,18 @@ def project(features: torch.Tensor, basis: torch.Tensor, chunk: int = 131_072) -
     out = torch.empty(features.shape[0], basis.shape[1], dtype=torch.float16)
     for start in range(0, features.shape[0], chunk):
         out[start : start + chunk] = features[start : start + chunk].to(torch.float32) @ basis
+    return out
+
+
+def project_fixed(
+    features: torch.Tensor, basis: torch.Tensor, head: int, chunk: int = 131_072
+) -> torch.Tensor:
+    """pca_int rows (fixed_point_codes.py) of features @ basis, chunked."""
+    codes = FixedPointCodes(basis.shape[1], head)
+    out = torch.empty(features.shape[0], codes.row_bytes, dtype=torch.int8)
+    for start in range(0, features.shape[0], chunk):
+        values = features[start : start + chunk].to(torch.float32) @ basis
+        codes.encode(values, out[start : start + chunk])
     return out
 
 

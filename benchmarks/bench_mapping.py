@@ -7,13 +7,14 @@ label prototype + smooth feature field (amplitude 0.5) + pixel noise 0.3, 5 cm v
 1. Integration: median ms per `EmbeddingMap.integrate` of one frame into a map that already
    holds the earlier frames of an orbit, channels-first and channels-last, against reading the
    frame once (`torch.from_numpy(emb).sum()`) in the same run, channels-last float16 unit
-   embeddings (the fused backend's output) with and without `assume_unit=True`, and
-   channels-last into a map that keeps 4 negatives' scores. Target: 120x160 <= 20 ms.
+   embeddings (the fused backend's output) with and without `assume_unit=True`,
+   channels-last into a map that keeps 4 negatives' scores, and into pca 128 and pca_int 222
+   maps (basis fitted on the first frame). Target: 120x160 <= 20 ms.
 2. Query latency vs map size: `EmbeddingMap.query` (text + 4 negatives, top 5 clusters, a
    threshold that ~200 voxels pass) and bare `storage.scores` of 5 vectors on maps filled with
-   `load_state`, float16 and pca 128/64, against a naive NumPy float16 matvec + top-10 (run
-   once); then the same query once the map caches the 4 negatives' scores (as `query_text`
-   does for LERF's canonical phrases). Target: 1,000,000 voxels <= 50 ms.
+   `load_state`, float16, pca 128/64 and pca_int 222, against a naive NumPy float16 matvec +
+   top-10 (run once); then the same query once the map caches the 4 negatives' scores (as
+   `query_text` does for LERF's canonical phrases). Target: 1,000,000 voxels <= 50 ms.
 3. Compression fidelity: scores of each encoding vs exact float32 cosines of the float16 map on
    the integrated scene (8 prototypes + 20 text-like queries): top-10 agreement, Spearman rank
    correlation over all voxels, max |error|. Target: <= 256 B/voxel with top-10 agreement >= 0.95;
@@ -61,7 +62,7 @@ from _mapping_scene import (
     topk_agreement,
     topk_within,
 )
-from _mapping_speed import SMALL, section_integration, section_queries
+from _mapping_speed import PCA_INT, SMALL, section_integration, section_queries
 
 from dve_perception.mapping import EmbeddingMap, MapConfig
 from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys
@@ -75,9 +76,11 @@ SIZES = {  # name: (default, quick)
 }
 
 
-def _online_pca(small_frames: list, storage, queries: torch.Tensor, fit_voxels: int):
-    """Integrate the frames into a pca 128 map from scratch; scores aligned with `storage`."""
-    online = new_map(feature_encoding="pca", pca_dim=128, pca_fit_voxels=fit_voxels)
+def _online_pca(
+    small_frames: list, storage, queries: torch.Tensor, fit_voxels: int, encoding: str, dims: int
+):
+    """Integrate the frames into a pca map from scratch; scores aligned with `storage`."""
+    online = new_map(feature_encoding=encoding, pca_dim=dims, pca_fit_voxels=fit_voxels)
     fitted_at = None
     for i, (frame, K, pose, emb) in enumerate(small_frames):
         online.integrate(emb, frame.depth_m, K, pose)
@@ -89,8 +92,9 @@ def _online_pca(small_frames: list, storage, queries: torch.Tensor, fit_voxels: 
     scores = torch.empty(len(storage), len(queries))
     scores[storage.keys.argsort()] = o_store.scores(queries).T[o_store.keys.argsort()]
     when = fitted_at or "never: the map stayed below it"
-    name = f"pca 128 online (pca_fit_voxels {fit_voxels:,}; basis fitted {when})"
-    return name, 256, o_store.bytes_per_voxel(), scores
+    name = f"{encoding} {dims} online (pca_fit_voxels {fit_voxels:,}; basis fitted {when})"
+    payload = o_store.features.shape[1] * o_store.features.element_size()
+    return name, payload, o_store.bytes_per_voxel(), scores
 
 
 #: Scores closer than this are ties for "top-10 within": twice the float16 rounding of a score.
@@ -128,9 +132,19 @@ def section_fidelity(
         copy.fit_basis()
         name = f"pca {k} (basis fitted on all voxels)"
         cases.append((name, 2 * k, copy.bytes_per_voxel(), copy.scores(queries).T))
-    online = _online_pca(small_frames, storage, queries, fit_voxels)
-    if online is not None:
-        cases.append(online)
+    dims, head = PCA_INT
+    copy = storage_copy(
+        voxels, features, feature_encoding="pca_int", pca_dim=dims, pca_fit_voxels=len(voxels)
+    )
+    copy.fit_basis()
+    width = copy.features.shape[1]
+    name = f"pca_int {dims}: {head} fixed point + {dims - head} int8 (basis fitted on all voxels)"
+    cases.append((name, width, copy.bytes_per_voxel(), copy.scores(queries).T))
+    onlines = [
+        _online_pca(small_frames, storage, queries, fit_voxels, encoding, dims)
+        for encoding, dims in (("pca", 128), ("pca_int", PCA_INT[0]))
+    ]
+    cases += [online for online in onlines if online is not None]
     for bits, payload in ((8, DIM + 2), (4, DIM // 2 + 2)):
         name = f"int{bits} per-voxel scale (reference, not offered)"
         cases.append((name, payload, None, cosines(quantized(features, bits), queries)))
@@ -174,7 +188,9 @@ def section_fidelity(
             _floor_note(ref, features, queries),
         ]
         + (
-            [] if online else ["pca 128 online skipped: its voxel set differs from the float16 map"]
+            []
+            if all(onlines)
+            else ["an online pca map was skipped: its voxel set differs from the float16 map"]
         ),
     )
 

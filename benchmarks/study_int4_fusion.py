@@ -14,8 +14,9 @@ orbit (recorded from `EmbeddingMap.integrate`, `--laps` times over) and fuses th
 
 The float16 head is re-rounded after every update (one variant keeps it float32). For comparison
 it also fuses pca 128 in float16 (rounded to nearest, as the map did before; through
-`VoxelEmbeddingMap` itself, which now rounds stochastically; 8 float32 + 112 float16) and the
-dense float16 map. The basis is fitted on the final float32 means, as section 3's offline rows.
+`VoxelEmbeddingMap` itself, which now rounds stochastically; 8 float32 + 112 float16), the
+map's `pca_int` encoding (16-bit fixed-point head + int8 tail, fused by `VoxelEmbeddingMap`) and
+the dense float16 map. The basis is fitted on the final float32 means, as section 3's offline rows.
 Prints strict top-10 agreement and the tie-aware "within 1e-3" fraction (ANN-Benchmarks'
 recall@10). Six laps show what capped weights do to float16 and int4 running means.
 
@@ -37,6 +38,7 @@ from _mapping_scene import (
     topk_within,
 )
 
+from dve_perception.mapping.fixed_point_codes import FixedPointCodes
 from dve_perception.mapping.voxel_map import VoxelEmbeddingMap
 
 FRAMES = 32
@@ -104,21 +106,18 @@ def fuse(records, rows, n: int, cap: float, basis, mode: str) -> torch.Tensor:
     return torch.cat([head, tail], dim=1)
 
 
-def fuse_with_the_map(records, keys, basis) -> torch.Tensor:
-    """The same fusion done by `VoxelEmbeddingMap` with `basis` preset: its stored float16 code."""
-    storage = new_map(feature_encoding="pca", pca_dim=basis.shape[1]).storage
+def fuse_with_the_map(records, keys, basis, encoding: str = "pca", head: int = 32) -> torch.Tensor:
+    """The same fusion done by `VoxelEmbeddingMap` with `basis` preset: its stored coefficients."""
+    storage = new_map(feature_encoding=encoding, pca_dim=basis.shape[1], pca_head_dim=head).storage
     empty = torch.zeros(0, dtype=torch.int64)
-    storage.load_state(
-        torch.zeros(0, 3, dtype=torch.int64),
-        torch.zeros(0, basis.shape[1]),
-        torch.zeros(0),
-        empty,
-        basis,
-    )
+    rows = torch.zeros(0, basis.shape[1])
+    if encoding == "pca_int":
+        rows = torch.zeros(0, FixedPointCodes(basis.shape[1], head).row_bytes, dtype=torch.int8)
+    storage.load_state(torch.zeros(0, 3, dtype=torch.int64), rows, torch.zeros(0), empty, basis)
     for record_keys, directions, w in records:
         storage.fuse(record_keys, directions, w, torch.zeros(3))
     slots = storage.find(keys)
-    return storage.features[slots].float()
+    return storage.decode(storage.features[slots])
 
 
 def fuse_float16(records, rows, n: int, cap: float, basis, float32_dims: int = 0) -> torch.Tensor:
@@ -174,6 +173,11 @@ def main() -> None:
     cases.append(("pca 8 float32 + 112 float16 (256 B), to nearest per update", mixed))
     pca128_map = fuse_with_the_map(records, keys, basis[:, :128])
     cases.append(("pca 128 float16, fused by VoxelEmbeddingMap (stochastic rounding)", pca128_map))
+    for dims, head in ((222, 32), (190, 64)):
+        fixed = fuse_with_the_map(records, keys, basis[:, :dims], "pca_int", head)
+        width = FixedPointCodes(dims, head).row_bytes
+        name = f"pca_int {dims}: {head} fixed point + {dims - head} int8 ({width} B), the map's"
+        cases.append((name, fixed))
     dense = fuse_float16(records, rows, n, cap, torch.eye(768))
     cases.append(("float16 768-d (1536 B, the default map), rounded to nearest per update", dense))
     table = []
