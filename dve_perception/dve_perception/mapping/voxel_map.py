@@ -23,6 +23,7 @@ from dve_perception.errors import ConfigError
 from dve_perception.mapping.fixed_point_codes import FixedPointCodes
 from dve_perception.mapping.float16_rounding import StochasticFloat16
 from dve_perception.mapping.map_config import PCA_ENCODINGS, MapConfig
+from dve_perception.mapping.voxel_encoding import VoxelEncoding, dropped_energy, row_norms
 from dve_perception.mapping.voxel_hash import (
     VoxelHashIndex,
     pack_voxel_keys,
@@ -38,7 +39,7 @@ _LOG = logging.getLogger(__name__)
 _NORM_EPS = 1e-12
 
 
-class VoxelEmbeddingMap(VoxelScoring):
+class VoxelEmbeddingMap(VoxelEncoding, VoxelScoring):
     """Voxel keys -> (feature, weight, norm, last_seen), with budgeted eviction."""
 
     def __init__(self, config: MapConfig, device: torch.device | str = "cpu") -> None:
@@ -50,16 +51,6 @@ class VoxelEmbeddingMap(VoxelScoring):
     def __len__(self) -> int:
         """Return the number of voxels."""
         return self._size
-
-    @property
-    def feature_dim(self) -> int:
-        """Return the values per voxel: embedding_dim, or pca_dim once a basis is fitted."""
-        return self.config.embedding_dim if self.basis is None else self.basis.shape[1]
-
-    @property
-    def encoding(self) -> str:
-        """How features are stored now: "float16" until a pca map has fitted its basis."""
-        return "float16" if self.basis is None else self.config.feature_encoding
 
     @property
     def keys(self) -> torch.Tensor:
@@ -79,23 +70,10 @@ class VoxelEmbeddingMap(VoxelScoring):
         """
         return self._features[: self._size]
 
-    def decode(self, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Stored rows (e.g. a slice of `features`) -> (M, feature_dim) float32 values."""
-        if self.codes is not None:
-            return self.codes.decode(rows, out)
-        return rows.to(torch.float32) if out is None else out.copy_(rows)
-
     @property
     def weights(self) -> torch.Tensor:
         """(N,) float32 fused weights (a view)."""
         return self._weights[: self._size]
-
-    @property
-    def residual_energy(self) -> torch.Tensor:
-        """(N,) float32 |m|^2 - |c|^2, the energy the pca basis drops (computed; zeros without)."""
-        if self.basis is None:
-            return torch.zeros(self._size, device=self.device)
-        return _residual(self.norms, self.decode(self.features))
 
     @property
     def last_seen(self) -> torch.Tensor:
@@ -183,61 +161,10 @@ class VoxelEmbeddingMap(VoxelScoring):
         """Return the (M,) int64 storage slots of (M,) packed keys, -1 where not in the map."""
         return self._index.find(keys)
 
-    def encode(self, directions: torch.Tensor) -> torch.Tensor:
-        """Project (M, D) float32 embeddings into the stored feature space (float32)."""
-        return directions if self.basis is None else directions @ self.basis
-
-    def _residual_of(self, directions: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """(M,) float32 1 - |B^T x|^2, the energy the basis drops of unit observations x.
-
-        Zeros without a basis. `fuse` takes unit directions, so |x|^2 = 1 (to float32 rounding)
-        saves a pass over the (M, D) observations (~15 % of a pca frame's fusion time).
-        """
-        if self.basis is None:
-            return torch.zeros(directions.shape[0], device=directions.device)
-        return torch.linalg.vector_norm(codes, dim=1).square_().neg_().add_(1.0).clamp_min_(0.0)
-
     @property
     def norms(self) -> torch.Tensor:
         """(N,) float32 norm of each voxel's stored mean (<= 1; lower when views disagree)."""
         return self._norms[: self._size]
-
-    def fit_basis(self) -> None:
-        """Fit the PCA basis on the current voxels and convert every voxel to coefficients.
-
-        The basis is uncentred (eigenvectors of sum m m^T over unit voxel means), because what
-        must survive is the inner product with text vectors, not the variance about a mean.
-        """
-        if self.basis is not None:
-            return
-        if self.config.feature_encoding not in PCA_ENCODINGS or self._size < self.config.pca_dim:
-            raise ConfigError(
-                f"a PCA basis needs feature_encoding 'pca' or 'pca_int' and at least pca_dim "
-                f"({self.config.pca_dim}) voxels; this map is "
-                f"'{self.config.feature_encoding}' with {self._size} voxels"
-            )
-        # An even stride over at most pca_fit_voxels rows bounds the float32 copy on big maps.
-        stride = max(1, self._size // self.config.pca_fit_voxels)
-        sample = self.features[::stride].to(torch.float32)
-        sample = sample / sample.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
-        _, vectors = torch.linalg.eigh(sample.T @ sample)
-        basis = vectors[:, -self.config.pca_dim :].flip(1).contiguous()  # (D, k), largest first
-        # Fix each vector's sign (largest loading positive) so a refit on the same data agrees.
-        signs = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
-        basis = basis * torch.where(signs == 0, torch.ones_like(signs), signs)
-        means = self.features.to(torch.float32)
-        codes = means @ basis
-        self._set_basis(basis)
-        self._resize(self._capacity, *self._row_format())
-        if self.codes is not None:
-            self.codes.encode(codes, self._features[: self._size])
-        else:
-            self._features[: self._size] = codes.to(torch.float16)
-        # |m| of the full means, not |c|: the scores then divide by the true norm (pca rankings
-        # move closer to exact ones, docs/mapping.md); the norms are saved with the map.
-        self._norms[: self._size] = _row_norms(means)
-        self._mark_changed(slice(0, self._size))
-        _LOG.info("fitted a %d-d PCA basis on %d voxels", basis.shape[1], self._size)
 
     def remove(self, keep: torch.Tensor) -> int:
         """Keep only voxels where `keep` (N,) bool is True, compacting storage; return removed."""
@@ -309,7 +236,7 @@ class VoxelEmbeddingMap(VoxelScoring):
         self._weights[:n] = weights.to(self.device)
         self._last_seen[:n] = last_seen.to(self.device)
         if norms is None or self.basis is None:
-            self._norms[:n] = _row_norms(self.decode(self._features[:n]))
+            self._norms[:n] = row_norms(self.decode(self._features[:n]))
         else:
             self._norms[:n] = norms.to(self.device)
         self._index.rebuild(self.keys, torch.arange(n, device=self.device))
@@ -364,14 +291,14 @@ class VoxelEmbeddingMap(VoxelScoring):
             # The residual r = m - B c moves like the mean, r <- (1 - a) r + a r_x, but only its
             # energy is known: the cross term 2 a (1 - a) <r, r_x> is taken as 0 (independent
             # residuals, e.g. pixel noise); exact for the first observation and at fit time.
-            old = _residual(self._norms.index_select(0, slots), mean)
+            old = dropped_energy(self._norms.index_select(0, slots), mean)
             energy = old.mul_((1 - step).square_()).add_(residual * step.square())
         mean.lerp_(codes, step.unsqueeze(1))
         self._store(stored, mean)
         self._features.index_copy_(0, slots, stored)
         # Norms of the stored rows, not of the float32 mean, so that a reloaded map (which
         # recomputes them) scores bit-identically; `mean` is reused as the buffer.
-        self._norms.index_copy_(0, slots, _row_norms(self.decode(stored, out=mean), energy))
+        self._norms.index_copy_(0, slots, row_norms(self.decode(stored, out=mean), energy))
         self._weights.index_copy_(
             0, slots, (old_weight + weights).clamp_max(self.config.weight_cap)
         )
@@ -394,40 +321,15 @@ class VoxelEmbeddingMap(VoxelScoring):
             stored.copy_(codes)  # rounds to float16 in place, no temporary
         else:
             self.codes.encode(codes, stored)
-        # Norms as `_row_norms` computes them, in a reused float32 buffer (no page faults).
+        # Norms as `row_norms` computes them, in a reused float32 buffer (no page faults).
         rows = self._workspace.get("rows_float32", (m, self.feature_dim), torch.float32)
         energy = None if self.basis is None else residual
-        self._norms[start:end] = _row_norms(self.decode(stored, out=rows), energy)
+        self._norms[start:end] = row_norms(self.decode(stored, out=rows), energy)
         self._weights[start:end] = weights.clamp_max(self.config.weight_cap)
         self._last_seen[start:end] = self.frame_count
         self._index.insert(keys, torch.arange(start, end, device=self.device))
         self._size = end
         self._mark_changed(slice(start, end))
-
-    def _set_basis(self, basis: torch.Tensor | None) -> None:
-        self.basis = basis
-        self.codes = None
-        if basis is not None and self.config.feature_encoding == "pca_int":
-            self.codes = FixedPointCodes(basis.shape[1], self.config.pca_head_dim)
-
-    def _row_format(self) -> tuple[int, torch.dtype]:
-        """(width, dtype) of a stored row in the current encoding."""
-        if self.codes is not None:
-            return self.codes.row_bytes, torch.int8
-        return self.feature_dim, torch.float16
-
-    def _store(self, rows: torch.Tensor, values: torch.Tensor) -> None:
-        """Write (M, feature_dim) float32 values into stored `rows`, rounding as the encoding does.
-
-        Large leading pca coefficients have float16 spacings near the size of a capped update,
-        which rounding to nearest then loses (benchmarks/study_int4_fusion.py): float16 pca rows
-        round stochastically, pca_int rows are fixed point there; float16 maps store small
-        coordinates and keep rounding to nearest (cheaper).
-        """
-        if self.codes is not None:
-            self.codes.encode(values, rows)
-        else:
-            rows.copy_(values if self.basis is None else self._rounding(values))
 
     def _resize(self, capacity: int, width: int, dtype: torch.dtype) -> None:
         """Reallocate storage for `capacity` voxels, keeping the current rows.
@@ -451,21 +353,3 @@ class VoxelEmbeddingMap(VoxelScoring):
                 array[:n] = getattr(self, name)[:n]
             setattr(self, name, array)
         self._capacity = capacity
-
-
-def _residual(norms: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(M,) norms |m|, (M, k) coefficient rows -> (M,) float32 |m|^2 - |c|^2, clamped at 0."""
-    code = torch.linalg.vector_norm(rows.to(torch.float32), dim=1)
-    return norms.square().sub_(code.square_()).clamp_min_(0.0)
-
-
-def _row_norms(rows: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """(M, F) rows (+ (M,) residual energy) -> (M,) float32 sqrt(|row|^2 + residual).
-
-    Without a residual it is the plain norm, computed as a reload of a float16 map does, so that
-    such a reload scores bit-identically; pca maps save their norms.
-    """
-    norms = torch.linalg.vector_norm(rows.to(torch.float32), dim=1)
-    if residual is None:
-        return norms
-    return norms.square_().add_(residual).sqrt_()
