@@ -10,7 +10,7 @@ from dve_perception.mapping.embedding_map import EmbeddingMap
 from dve_perception.mapping.integrator import IntegrationStats
 from dve_perception.mapping.map_config import MapConfig
 from dve_perception.mapping.query import CANONICAL_NEGATIVES, QueryResult, VoxelCluster
-from dve_perception.mapping.text_query import query_text
+from dve_perception.mapping.text_query import prepare_queries, query_text
 
 __all__ = [
     "CANONICAL_NEGATIVES",
@@ -19,5 +19,6 @@ __all__ = [
     "MapConfig",
     "QueryResult",
     "VoxelCluster",
+    "prepare_queries",
     "query_text",
 ]

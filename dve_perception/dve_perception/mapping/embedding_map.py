@@ -213,6 +213,15 @@ class EmbeddingMap:
         with self._lock:
             self._storage.set_negatives(vectors)
 
+    def refresh_negatives(self) -> None:
+        """Score the voxels changed since the last query against the cached negatives, now.
+
+        The next `query` then finds nothing to rescore. Does nothing without `cache_negatives`.
+        """
+        with self._lock:
+            if self._storage.negatives is not None:
+                self._storage.hardest_negative()
+
     def points(self) -> np.ndarray:
         """Return (N, 3) float32 voxel centres in metres, world frame."""
         with self._lock:

@@ -20,7 +20,7 @@ import torch
 
 from dve_perception.errors import DvePerceptionError, InputError
 from dve_perception.frames import EmbeddingFrame
-from dve_perception.mapping import EmbeddingMap, QueryResult, query_text
+from dve_perception.mapping import EmbeddingMap, QueryResult, prepare_queries, query_text
 from dve_perception.mapping.text_query import TextEncoder
 from dve_perception.node_config import MappingNodeConfig
 from dve_perception.node_logic.map_paths import resolve_map_path
@@ -178,6 +178,9 @@ class MapService:
                 f"map not loaded, current map kept: {source} holds {loaded.config.embedding_dim}"
                 f"-d embeddings but this node's network and text encoder use {expected}-d",
             )
+        # Scored before the swap: the first query on the loaded map then answers as fast as
+        # later ones, and queries on the current map go on meanwhile.
+        prepare_queries(loaded, self._encoder)
         with self._lock:
             self._map = loaded
             self._basis = (None, 0)

@@ -150,6 +150,23 @@ def test_save_then_load_restores_the_map_inside_the_map_directory(tmp_path):
     assert service.query("a red mug", [], 1, 0.0).success
 
 
+def test_a_loaded_map_is_scored_against_the_canonical_negatives_before_its_first_query(
+    tmp_path, monkeypatch
+):
+    service = _service(tmp_path)
+    service.integrate(_frame(FakeEncoder()), np.eye(4))
+    plain = service.query("a red mug", ["a table"], 1, 0.0).result
+    service.save("office.dvemap")
+    assert service.load("office.dvemap").success
+    storage = service.emap.storage
+    assert storage.negatives is not None and not storage._changed[: len(storage)].any()
+    rescored = []
+    monkeypatch.setattr(storage, "_score_negatives", rescored.append)
+    answer = service.query("a red mug", ["a table"], 1, 0.0).result
+    assert rescored == []  # nothing left to score: the first query reads the map once
+    np.testing.assert_array_equal(answer.relevancy, plain.relevancy)
+
+
 def test_save_outside_the_map_directory_is_refused_and_writes_nothing(tmp_path):
     service = _service(tmp_path)
     service.integrate(_frame(FakeEncoder()), np.eye(4))
