@@ -174,9 +174,10 @@ def test_torch_backend_on_missing_cuda_is_a_config_error():
 
 def test_channels_last_on_the_cpu_changes_the_layout_not_the_result():
     rgb, depth = _inputs()
-    reference = TorchBackend(tiny_model()).infer(rgb, depth)
-    backend = TorchBackend(tiny_model(), channels_last=True)
-    assert backend.channels_last and not TorchBackend(tiny_model()).channels_last
+    reference = TorchBackend(tiny_model(), channels_last=False).infer(rgb, depth)
+    backend = TorchBackend(tiny_model())
+    nchw = TorchBackend(tiny_model(), channels_last=False)
+    assert backend.channels_last and not nchw.channels_last
     conv = next(m for m in backend._graph.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(backend.infer(rgb, depth), reference, rtol=1e-4, atol=1e-5)
@@ -229,7 +230,7 @@ def test_make_backend_rejects_unknown_names_and_options_a_backend_does_not_take(
 def test_make_backend_passes_the_torch_options_and_hands_tensorrt_its_plan(monkeypatch, prototypes):
     backend = make_backend("torch", model=tiny_model(), fused=FUSED, prototypes=prototypes)
     assert isinstance(backend, TorchBackend) and backend.output_names == FUSED.output_names
-    assert (backend.precision, backend.cuda_graphs, backend.channels_last) == ("fp32", False, False)
+    assert (backend.precision, backend.cuda_graphs, backend.channels_last) == ("fp32", False, True)
 
     created = {}
     fake = types.ModuleType("dve_perception.backends.tensorrt_backend")
@@ -254,7 +255,7 @@ def test_torch_fp16_channels_last_cuda_graphs_match_fp32_and_recapture_per_shape
     backend = TorchBackend(
         tiny_model(), "cuda", precision="fp16", cuda_graphs=True, fused=fused, prototypes=prototypes
     )
-    assert backend.channels_last  # the CUDA default
+    assert backend.channels_last  # the default
     first = backend.infer_outputs(rgb, depth)
     kept = first[OUTPUT_NAME].clone()
     second = backend.infer_outputs(rgb * 0.5, depth)  # a replay must not overwrite `first`
