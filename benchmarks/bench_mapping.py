@@ -16,7 +16,7 @@ label prototype + smooth feature field (amplitude 0.5) + pixel noise 0.3, 5 cm v
    top-10 (run once); then the same query once the map caches the 4 negatives' scores (as
    `query_text` does for LERF's canonical phrases). Target: 1,000,000 voxels <= 50 ms.
 3. Compression fidelity: scores of each encoding vs exact float32 cosines of the float16 map on
-   the integrated scene (8 prototypes + 20 text-like queries): top-10 agreement, Spearman rank
+   the integrated scene (8 prototypes + 200 text-like queries): top-10 agreement, Spearman rank
    correlation over all voxels, max |error|. Target: <= 256 B/voxel with top-10 agreement >= 0.95;
    strict agreement is out of reach of any such code on this scene (near-ties, see the "floor"
    line), so the tie-aware "top-10 within 1e-3" is reported and judged beside it.
@@ -29,7 +29,7 @@ measured against a baseline in the same run.
 
     .venv/bin/python benchmarks/bench_mapping.py [--quick] [--sections 1 2 3 4 5] [--threads N]
 
-Default: ~2 min on an idle 2-core CPU (more under load), peak ~8 GB of memory; --quick: < 1 min.
+Default: ~3 min on an idle 2-core CPU (more under load), peak ~10 GB of memory; --quick: < 1 min.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from _mapping_scene import (
     DIM,
+    FIDELITY_TEXT_QUERIES,
     BenchScene,
     bench_scene,
     cosines,
@@ -97,6 +98,8 @@ def _online_pca(
     return name, payload, o_store.bytes_per_voxel(), scores
 
 
+#: Queries of the Spearman column (prototypes first): ranking every voxel per query is slow.
+SPEARMAN_QUERIES = 208
 #: Scores closer than this are ties for "top-10 within": twice the float16 rounding of a score.
 TIE_TOLERANCE = 1e-3
 
@@ -121,7 +124,7 @@ def section_fidelity(
     storage = fmap.storage
     voxels, features = storage.voxels.clone(), storage.features.clone()
     protos = torch.from_numpy(np.array(bench.scene.prototypes))
-    queries = torch.cat([protos, text_like_queries(bench.scene, 20, seed=3)])
+    queries = torch.cat([protos, text_like_queries(bench.scene, FIDELITY_TEXT_QUERIES, seed=3)])
     ref = cosines(features, queries)
     fp16_case = ("float16 (map scores(), fp16 kernel)", 1536, storage.bytes_per_voxel())
     cases = [(*fp16_case, storage.scores(queries).T)]  # scores() is (Q, N)
@@ -160,7 +163,9 @@ def section_fidelity(
     density = [float((best[a] - best[b]).median()) for a, b in ((0, 9), (9, 10))]
     rows = []
     for name, payload, total, approx in cases:
-        agree, rho = topk_agreement(ref, approx), spearman(ref, approx)
+        # Ranking every voxel is slow; Spearman is stable over the first queries alone.
+        rho = spearman(ref[:, :SPEARMAN_QUERIES], approx[:, :SPEARMAN_QUERIES])
+        agree = topk_agreement(ref, approx)
         within = topk_within(ref, approx, TIE_TOLERANCE)
         # The per-query fractions are float32 (0.9 is 0.8999999762): 266 of 280 answers is 0.95.
         ok = [payload <= 256 and float(x.double().mean()) >= 0.95 - 1e-6 for x in (agree, within)]
@@ -171,13 +176,15 @@ def section_fidelity(
         rows[-1] += (f"{(approx - ref).abs().max():.4f}", ok)
     print_table(
         f"3. Compression fidelity ({len(voxels):,} voxels of {len(small_frames)} frames at "
-        f"{SMALL[0]}x{SMALL[1]}; {len(queries)} queries: {len(protos)} prototypes + 20 text-like)",
+        f"{SMALL[0]}x{SMALL[1]}; {len(queries)} queries: {len(protos)} prototypes + "
+        f"{FIDELITY_TEXT_QUERIES} text-like)",
         f"encoding|payload B/voxel|map B/voxel|top-10 agree|min|top-10 within {TIE_TOLERANCE:g}|"
         "Spearman|max abs err|"
         "<= 256 B & >= 0.95 (agree / within)",
         rows,
         [
-            "reference = float32 cosines of the float16 map's features; Spearman over all voxels; "
+            "reference = float32 cosines of the float16 map's features; Spearman over all voxels "
+            f"(first {SPEARMAN_QUERIES} queries); "
             "top-10 agree: mean over queries (min: worst query); top-10 within: fraction of the "
             "returned top-10 whose exact score is >= the exact 10th best - tolerance (the "
             "float16 storage itself rounds scores by ~5e-4)",

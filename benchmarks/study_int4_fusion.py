@@ -30,6 +30,7 @@ import argparse
 import numpy as np
 import torch
 from _mapping_scene import (
+    FIDELITY_TEXT_QUERIES,
     bench_scene,
     new_map,
     print_table,
@@ -152,7 +153,7 @@ def main() -> None:
         weight[r] = (weight[r] + w).clamp_max(cap)
     norms = mean.norm(dim=1, keepdim=True)
     protos = torch.from_numpy(np.array(bench.scene.prototypes))
-    queries = torch.cat([protos, text_like_queries(bench.scene, 20, seed=3)])
+    queries = torch.cat([protos, text_like_queries(bench.scene, FIDELITY_TEXT_QUERIES, seed=3)])
     exact = (mean @ queries.T) / norms
     unit_means = mean / norms
     basis = torch.linalg.eigh(unit_means.T @ unit_means)[1][:, -(HEAD + TAIL) :].flip(1)
