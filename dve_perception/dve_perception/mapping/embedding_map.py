@@ -166,11 +166,12 @@ class EmbeddingMap:
             storage = self._storage
             cached = storage.cached_negatives(negative)  # (K,) bool or None
             rest = negative if cached is None else negative[~cached]
-            all_scores = storage.scores(torch.cat([query, rest]))  # (1 + K', N)
+            if cached is None:
+                all_scores = storage.scores(torch.cat([query, rest]))  # (1 + K, N)
+            else:  # one row, the best of the cached negatives, stands for them
+                all_scores, hardest = storage.scores_and_hardest(torch.cat([query, rest]))
+                all_scores = torch.cat([all_scores, hardest.unsqueeze(0)])
             cosine, negative_scores = all_scores[0], all_scores[1:]
-            if cached is not None:  # one row, the best of the cached negatives, stands for them
-                hardest = storage.hardest_negative().unsqueeze(0)
-                negative_scores = torch.cat([negative_scores, hardest])
             relevance = relevancy(cosine, negative_scores, temperature) if len(negative) else None
             used, name = (relevance, "relevancy") if relevance is not None else (cosine, "cosine")
             if threshold is None:

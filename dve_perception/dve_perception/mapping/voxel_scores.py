@@ -18,6 +18,9 @@ __all__ = ["VoxelScoring"]
 
 #: Rows scored per chunk: bounds the float32 temporaries of a query over a large map.
 _SCORE_CHUNK = 262_144
+#: Changed voxels are gathered and rescored while they are fewer than 1 in this many; beyond,
+#: the whole map is scored in order (a gather copies each row, which costs more than a read).
+_GATHER_LIMIT = 4
 _NORM_EPS = 1e-12
 #: Negative vectors closer than this (per coordinate) count as the cached ones: re-encoding the
 #: same phrase may differ in the last bits on some devices.
@@ -74,10 +77,32 @@ class VoxelScoring:
         if self.negatives is None:
             raise ConfigError("no negatives are cached: call set_negatives first")
         changed = self._changed[: self._size].nonzero().squeeze(1)
-        if changed.numel():
+        if changed.numel() * _GATHER_LIMIT >= self._size:
+            # Most voxels changed (a new cache, a load, a basis fit): reading the map in order
+            # is cheaper than gathering the changed rows (a copy of each).
+            self._hardest[: self._size] = self.scores(self.negatives).amax(dim=0)
+            self._changed[: self._size] = False
+        elif changed.numel():
             self._score_negatives(changed)
             self._changed[changed] = False
         return self._hardest[: self._size]
+
+    def scores_and_hardest(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`scores(queries)` and `hardest_negative()`, in one read of the map when it can.
+
+        When most voxels changed since the cache was last read (the first query after
+        `set_negatives`), the negatives are scored in the same pass as the queries, which costs
+        about as much as scoring the queries alone; the cached values are the same either way.
+        """
+        if self.negatives is None:
+            raise ConfigError("no negatives are cached: call set_negatives first")
+        if int(self._changed[: self._size].sum()) * _GATHER_LIMIT < self._size:
+            return self.scores(queries), self.hardest_negative()
+        both = self.scores(torch.cat([queries, self.negatives]))
+        q = queries.shape[0]
+        self._hardest[: self._size] = both[q:].amax(dim=0)
+        self._changed[: self._size] = False
+        return both[:q], self._hardest[: self._size]
 
     def set_negatives(self, vectors: torch.Tensor | None) -> None:
         """Keep each voxel's best score against (K, D) unit `vectors`; None stops it.

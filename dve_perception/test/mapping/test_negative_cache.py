@@ -85,6 +85,23 @@ def test_the_cache_follows_every_change_and_queries_answer_as_without_it(setting
         assert cached.threshold == plain.threshold
 
 
+@pytest.mark.parametrize("settings", MAPS.values(), ids=MAPS.keys())
+def test_the_first_query_after_caching_fills_the_cache_in_its_own_pass(settings):
+    emap = EmbeddingMap(0.05, embedding_dim=DIM, **settings)
+    for step in range(8):
+        _integrate(emap, step)
+    canonical, query = _vectors(4, seed=1), _vectors(1, seed=3)[0]
+    plain = emap.query(query, canonical, top_k=3)
+    emap.cache_negatives(canonical)
+    cached = emap.query(query, canonical, top_k=3)  # every voxel is stale: one combined pass
+    storage = emap.storage
+    assert not storage._changed[: len(storage)].any()
+    fresh = storage.scores(_unit(canonical)).amax(dim=0)
+    torch.testing.assert_close(storage.hardest_negative(), fresh, rtol=0, atol=0)
+    np.testing.assert_array_equal(cached.relevancy, plain.relevancy)
+    np.testing.assert_array_equal(cached.cosine, plain.cosine)
+
+
 def test_loading_content_into_the_storage_rescores_it():
     source = EmbeddingMap(0.05, embedding_dim=DIM)
     for step in range(3):
@@ -115,12 +132,15 @@ def test_a_query_with_the_cached_negatives_scores_only_its_other_vectors(monkeyp
     assert rows_scored == [5]  # no cache yet: the query and its 4 negatives
     emap.cache_negatives(canonical)
     rows_scored.clear()
+    # The first query after caching finds every voxel to score: the 4 cached negatives go in
+    # its own pass over the map (1 + 4 rows); later ones score only their other vectors.
+    emap.query(_vectors(1, seed=3)[0], canonical)
     emap.query(_vectors(1, seed=3)[0], canonical)
     emap.query(_vectors(1, seed=3)[0], torch.cat([canonical[[2, 0, 3, 1]], extra]))
     # A subset of the cached vectors cannot use the cache: the best of all four is not the
     # best of three.
     emap.query(_vectors(1, seed=3)[0], canonical[:3])
-    assert rows_scored == [1, 3, 4]
+    assert rows_scored == [5, 1, 3, 4]
 
 
 def test_the_cache_costs_four_bytes_per_voxel_and_stops_on_none_or_clear():
@@ -137,31 +157,39 @@ def test_the_cache_costs_four_bytes_per_voxel_and_stops_on_none_or_clear():
 
 
 def _record_scoring(monkeypatch, emap: EmbeddingMap) -> list[int]:
-    """Record how many voxels each negative-scoring call scores."""
+    """Record how many voxels each negative-scoring call scores (the whole map, or a gather)."""
     counts: list[int] = []
-    original = type(emap.storage)._score_negatives
+    storage_type = type(emap.storage)
+    gather, in_order = storage_type._score_negatives, storage_type.scores
 
-    def recording(self, slots):
+    def gathering(self, slots):
         counts.append(slots.numel())
-        return original(self, slots)
+        return gather(self, slots)
 
-    monkeypatch.setattr(type(emap.storage), "_score_negatives", recording)
+    def scoring(self, queries):
+        if self.negatives is not None and torch.equal(queries, self.negatives):
+            counts.append(len(self))
+        return in_order(self, queries)
+
+    monkeypatch.setattr(storage_type, "_score_negatives", gathering)
+    monkeypatch.setattr(storage_type, "scores", scoring)
     return counts
 
 
 def test_only_voxels_that_changed_are_rescored_and_only_when_read(monkeypatch):
     emap = EmbeddingMap(0.05, embedding_dim=DIM)
-    _integrate(emap, 0)
+    for step in range(6):  # ~6 frames of voxels, so that one frame changes a small part
+        _integrate(emap, step)
     negatives = _vectors(4, seed=1)
     counts = _record_scoring(monkeypatch, emap)
     emap.cache_negatives(negatives)
     assert counts == []  # lazy: nothing is scored before a query needs it
     emap.storage.hardest_negative()
-    assert counts == [len(emap)]
+    assert counts == [len(emap)]  # everything changed: the map is scored in order
     stats = emap.integrate(*_frame_at(1))
     assert len(counts) == 1  # fusion only flags the voxels it touched
     emap.storage.hardest_negative()
-    assert counts[-1] == stats.voxels_observed < len(emap)
+    assert counts[-1] == stats.voxels_observed < len(emap) / 4  # gathered
     emap.storage.hardest_negative()
     emap.cache_negatives(negatives.clone() * 3.0)  # normalised: the same unit vectors
     emap.storage.hardest_negative()
