@@ -16,8 +16,10 @@ one int8 row of `row_bytes(F, H)` bytes:
 Scores are integer products: the query's coefficients are split into two int8 parts (16 bits),
 multiplied with every row by `torch._int_mm` (int8 x int8 -> exact int32; oneDNN on a CPU,
 cuBLASLt on CUDA), and combined in float32, so a score costs one pass over 1 byte per stored
-value and is accurate to ~1e-6. Where `_int_mm` is missing, the same integers are multiplied in
-float32, which is exact for these sizes (every sum stays below 2^24).
+value and is within ~1e-5 of the exact product of a unit query with the stored values. Where
+`_int_mm` is missing, the same integers are multiplied in float32, which is exact for these
+sizes: each column sums at most 2 x 511 products of at most 128 x 128, below 2^24 (hence
+`MAX_PART`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 
 import torch
 
-__all__ = ["FixedPointCodes", "int8_products", "row_bytes"]
+__all__ = ["MAX_PART", "FixedPointCodes", "int8_products", "row_bytes"]
 
 _LOG = logging.getLogger(__name__)
 #: Step of the fixed-point leading coefficients.
@@ -38,6 +40,9 @@ _COLUMNS = 5
 #: cuBLASLt's int8 product (CUDA) needs more than 16 rows and widths that are multiples of 8.
 _MIN_ROWS = 17
 _ALIGN = 8
+#: Most coefficients in either part (head, tail): keeps every integer sum exact in int32 and in
+#: the float32 fallback (see the module docstring).
+MAX_PART = 511
 _int_mm_missing = False
 
 
@@ -67,7 +72,7 @@ def int8_products(columns: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         except (AttributeError, RuntimeError, NotImplementedError) as err:
             _int_mm_missing = True
             _LOG.warning("torch._int_mm unavailable (%s); scoring int8 rows in float32", err)
-    # Exact: |products| sum to at most W * 128 * 128 < 2^24 for W < 1024.
+    # Exact: a column sums at most 2 * MAX_PART products of at most 128 * 128 < 2^24.
     return (columns.to(torch.float32) @ rows.to(torch.float32).T).to(torch.int32)
 
 
@@ -76,8 +81,11 @@ class FixedPointCodes:
 
     def __init__(self, coefficients: int, head: int) -> None:
         """Rows of `coefficients` values, the first `head` (1..coefficients) in fixed point."""
-        if not 1 <= head <= coefficients:
-            raise ValueError(f"need 1 <= head ({head}) <= coefficients ({coefficients})")
+        if not 1 <= head <= coefficients or max(head, coefficients - head) > MAX_PART:
+            raise ValueError(
+                f"need 1 <= head ({head}) <= coefficients ({coefficients}), at most {MAX_PART} "
+                "in each part"
+            )
         self.coefficients = coefficients
         self.head = head
         self.tail = coefficients - head
@@ -136,8 +144,7 @@ class FixedPointCodes:
         factors = torch.empty(q, 3, device=codes.device)
         # Summed one query at a time: a batched reduction may add in another order.
         factors[:, 2] = torch.stack([row[:h].sum() for row in codes]) * (128 * _HEAD_SCALE)
-
-        factors[:, 1] = 0.0
+        factors[:, 1] = 0.0  # no tail
         for part, (start, stop) in enumerate(((0, h), (h, h + t)) if t else ((0, h),)):
             values = codes[:, start:stop]
             sigma = values.abs().amax(dim=1) / _INT8_MAX
@@ -163,7 +170,7 @@ class FixedPointCodes:
         # a voxel's score does not depend on the batch it is scored in (the negative cache
         # relies on that).
         part = int8_products(columns, rows).reshape(q, _COLUMNS, m)
-        # 256 p hi + r hi + p lo and 256 p t + r t are exact in int32 (< 2^31 for W < 1024).
+        # 256 p hi + r hi + p lo and 256 p t + r t stay below 2^31: exact in int32 (MAX_PART).
         head = part[:, 0].mul(256).add_(part[:, 1]).to(torch.float32)
         head.add_(part[:, 2].to(torch.float32).mul_(1 / 256))
         head.mul_((factors[:, 0] * _HEAD_SCALE).unsqueeze(1)).add_(factors[:, 2].unsqueeze(1))

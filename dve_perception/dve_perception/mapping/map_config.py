@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from dve_perception.errors import ConfigError
+from dve_perception.mapping.fixed_point_codes import MAX_PART
 
 __all__ = ["FEATURE_ENCODINGS", "PCA_ENCODINGS", "MapConfig"]
 
@@ -112,6 +113,13 @@ class MapConfig:
         if self.feature_encoding == "pca_int" and self.pca_head_dim > self.pca_dim:
             raise ConfigError(
                 f"pca_head_dim ({self.pca_head_dim}) must be at most pca_dim ({self.pca_dim})"
+            )
+        tail = self.pca_dim - self.pca_head_dim
+        if self.feature_encoding == "pca_int" and max(self.pca_head_dim, tail) > MAX_PART:
+            raise ConfigError(
+                f"pca_int keeps at most {MAX_PART} fixed-point and {MAX_PART} int8 coefficients "
+                f"(exact integer sums), got pca_head_dim {self.pca_head_dim} and "
+                f"pca_dim - pca_head_dim {tail}"
             )
 
     def to_dict(self) -> dict[str, float | int | str]:

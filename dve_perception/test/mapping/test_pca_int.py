@@ -265,6 +265,15 @@ def test_invalid_pca_int_settings_are_rejected(settings, match):
         MapConfig(embedding_dim=DIM, **{**PCA_INT, **settings})
 
 
+def test_parts_too_large_for_exact_integer_sums_are_rejected():
+    wide = {**PCA_INT, "pca_dim": 600, "pca_fit_voxels": 600}
+    with pytest.raises(ConfigError, match="at most 511 fixed-point and 511 int8"):
+        MapConfig(embedding_dim=768, **{**wide, "pca_head_dim": 32})  # 568 int8
+    MapConfig(embedding_dim=768, **{**wide, "pca_head_dim": 100})  # 100 + 500: accepted
+    with pytest.raises(ValueError, match="at most 511"):
+        FixedPointCodes(1100, 550)
+
+
 @pytest.mark.gpu
 def test_pca_int_scores_on_cuda_equal_those_on_the_cpu():
     codes = FixedPointCodes(222, 32)
