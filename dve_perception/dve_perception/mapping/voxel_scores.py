@@ -149,7 +149,7 @@ class VoxelScoring:
         float16 rows: float16 products accumulate in float32 inside the kernel, but the result
         is rounded to float16 (~5e-4 relative): the price of a product that reads the features
         once; a float32 copy of each chunk would double the time on a CPU. pca_int rows: exact
-        integer products combined in float32 (fixed_point_codes.py), ~1e-6.
+        integer products combined in float32 (fixed_point_codes.py), within ~1e-5.
         """
         if self.codes is not None:
             return self.codes.scores(rows, *terms)
