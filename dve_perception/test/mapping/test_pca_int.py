@@ -127,15 +127,16 @@ def test_a_capped_voxel_tracks_its_float32_running_mean_over_long_fusion():
     assert (stored[4:] - mean[4:]).abs().max() < 3e-3  # int8 tail of a ~0.08 range
 
 
-def _room_map(**settings) -> EmbeddingMap:
-    emap = EmbeddingMap(0.05, embedding_dim=DIM, **settings)
+def _room_map(steps: int = 4, device: str = "cpu", **settings) -> EmbeddingMap:
+    emap = EmbeddingMap(0.05, embedding_dim=DIM, device=device, **settings)
     generator = torch.Generator().manual_seed(5)
     K = np.array([[16.0, 0.0, 7.5], [0.0, 16.0, 7.5], [0.0, 0.0, 1.0]])
-    for step in range(4):
+    for step in range(steps):
         pose = np.eye(4)
         pose[0, 3] = 0.3 * step
         depth = 1.0 + 0.5 * torch.rand(16, 16, generator=generator)
-        emap.integrate(torch.randn(DIM, 16, 16, generator=generator), depth, K, pose)
+        embedding = torch.randn(DIM, 16, 16, generator=generator)
+        emap.integrate(embedding.to(device), depth.to(device), K, pose)
     return emap
 
 
@@ -160,6 +161,18 @@ def test_a_pca_int_map_fits_its_basis_stores_int8_rows_and_scores_close_to_exact
     np.testing.assert_allclose(got, (stored / storage.norms.double()).numpy(), atol=1e-5)
     # Colours decode the rows (int8 bytes are not features).
     assert emap.colors("pca").shape == (len(emap), 3)
+
+
+def test_a_pca_int_map_evicts_within_its_budget_and_keeps_scoring_its_rows():
+    emap = _room_map(steps=10, max_voxels=600, eviction_fraction=0.1, **PCA_INT)
+    storage = emap.storage
+    assert storage.encoding == "pca_int" and storage.evicted_count > 0 and len(emap) <= 600
+    query = torch.randn(DIM, generator=torch.Generator().manual_seed(8))
+    query /= query.norm()
+    stored = storage.decode(storage.features).double() @ (storage.basis.T.double() @ query.double())
+    np.testing.assert_allclose(
+        emap.query(query).cosine, (stored / storage.norms.double()).numpy(), atol=1e-5
+    )
 
 
 def test_a_pca_int_map_round_trips_through_a_file_exactly(tmp_path):
@@ -272,6 +285,16 @@ def test_parts_too_large_for_exact_integer_sums_are_rejected():
     MapConfig(embedding_dim=768, **{**wide, "pca_head_dim": 100})  # 100 + 500: accepted
     with pytest.raises(ValueError, match="at most 511"):
         FixedPointCodes(1100, 550)
+
+
+@pytest.mark.gpu
+def test_a_pca_int_map_on_cuda_scores_like_the_one_on_the_cpu():
+    cpu, cuda = _room_map(**PCA_INT), _room_map(device="cuda", **PCA_INT)
+    assert cuda.storage.encoding == "pca_int"
+    assert torch.equal(cpu.storage.keys, cuda.storage.keys.cpu())
+    query = torch.randn(DIM, generator=torch.Generator().manual_seed(9))
+    # Same frames, other kernels (projection, eigh): equal up to float rounding.
+    np.testing.assert_allclose(cuda.query(query).cosine, cpu.query(query).cosine, atol=2e-3)
 
 
 @pytest.mark.gpu
