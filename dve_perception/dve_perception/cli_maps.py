@@ -89,8 +89,9 @@ def _add_map_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-voxels", type=int, help="memory budget in voxels (default: 1M)")
     group.add_argument(
         "--feature-encoding",
-        choices=("float16", "pca"),
-        help="per-voxel storage: float16 (1.5 KB/voxel, default) or pca (256 B/voxel, approximate)",
+        choices=("float16", "pca", "pca_int"),  # map_config.FEATURE_ENCODINGS (a test checks)
+        help="per-voxel storage: float16 (1.5 KB/voxel, default), pca or pca_int (256 B/voxel, "
+        "approximate; pca_int is the more faithful, pca integrates faster on a CPU)",
     )
 
 

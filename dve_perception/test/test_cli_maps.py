@@ -16,6 +16,7 @@ import pytest
 
 from dve_perception import cli, perception_setup
 from dve_perception.mapping import EmbeddingMap
+from dve_perception.mapping.map_config import FEATURE_ENCODINGS
 from dve_perception.simulation import (
     make_room_scene,
     orbit_trajectory,
@@ -93,11 +94,21 @@ def test_replay_takes_map_settings_from_the_nodes_parameters_file(
         "    map:\n      voxel_size_m: 0.1\n      max_voxels: 50000\n"
     )
     argv = ["replay", str(folder), "--out", str(tmp_path / "out"), "--no-progress"]
-    code = cli.main([*argv, "--no-segmentation", "--params", str(params), "--max-voxels", "60000"])
+    options = ["--params", str(params), "--max-voxels", "60000", "--feature-encoding", "pca_int"]
+    code = cli.main([*argv, "--no-segmentation", *options])
     assert code == 0, capsys.readouterr().err
     emap = EmbeddingMap.load(tmp_path / "out" / "map.dvemap")
     assert emap.voxel_size_m == 0.1  # from the file
     assert emap.config.max_voxels == 60000  # the option wins over the file
+    # pca_dim is left at 0 by the file, so the encoding picks its 256 B size.
+    assert emap.config.feature_encoding == "pca_int" and emap.config.basis_dim == 222
+
+
+def test_the_replay_encodings_are_the_maps():
+    parser = cli.build_parser()
+    replay = parser._subparsers._group_actions[0].choices["replay"]
+    option = next(a for a in replay._actions if a.dest == "feature_encoding")
+    assert tuple(option.choices) == FEATURE_ENCODINGS
 
 
 @pytest.mark.parametrize(

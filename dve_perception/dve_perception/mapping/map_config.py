@@ -58,10 +58,10 @@ class MapConfig:
         },
     )
     pca_dim: int = field(
-        default=128,
+        default=0,
         metadata=_describe(
-            "basis size for feature_encoding 'pca' (2 B each) or 'pca_int' (222 with the "
-            "default pca_head_dim fills 256 B)"
+            "basis size for feature_encoding 'pca' (2 B each) or 'pca_int'; 0 fills 256 B per "
+            "voxel: 128 for 'pca', 254 - pca_head_dim (222) for 'pca_int'"
         ),
     )
     pca_head_dim: int = field(
@@ -86,8 +86,9 @@ class MapConfig:
         _positive_finite("max_depth_m", self.max_depth_m)
         for name in ("embedding_dim", "max_voxels", "pca_dim", "pca_head_dim", "pca_fit_voxels"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            least = 0 if name == "pca_dim" else 1  # pca_dim 0: the 256 B default
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
         if not 0.0 < self.eviction_fraction < 1.0:
             raise ConfigError(f"eviction_fraction must be in (0, 1), got {self.eviction_fraction}")
         if not 0.0 <= self.min_depth_m < self.max_depth_m:
@@ -101,26 +102,33 @@ class MapConfig:
             )
         if self.feature_encoding not in PCA_ENCODINGS:
             return
-        if self.pca_dim >= self.embedding_dim:
+        dim = self.basis_dim
+        if not 1 <= dim < self.embedding_dim:
             raise ConfigError(
-                f"pca_dim ({self.pca_dim}) must be smaller than embedding_dim "
-                f"({self.embedding_dim}); use feature_encoding 'float16' to keep every dimension"
+                f"pca_dim ({dim}{' by default' if not self.pca_dim else ''}) must be in "
+                f"1..{self.embedding_dim - 1} (below embedding_dim); set it, or use "
+                "feature_encoding 'float16' to keep every dimension"
             )
-        if self.pca_fit_voxels < self.pca_dim:
+        if self.pca_fit_voxels < dim:
             raise ConfigError(
-                f"pca_fit_voxels ({self.pca_fit_voxels}) must be at least pca_dim ({self.pca_dim})"
+                f"pca_fit_voxels ({self.pca_fit_voxels}) must be at least pca_dim ({dim})"
             )
-        if self.feature_encoding == "pca_int" and self.pca_head_dim > self.pca_dim:
-            raise ConfigError(
-                f"pca_head_dim ({self.pca_head_dim}) must be at most pca_dim ({self.pca_dim})"
-            )
-        tail = self.pca_dim - self.pca_head_dim
+        if self.feature_encoding == "pca_int" and self.pca_head_dim > dim:
+            raise ConfigError(f"pca_head_dim ({self.pca_head_dim}) must be at most pca_dim ({dim})")
+        tail = dim - self.pca_head_dim
         if self.feature_encoding == "pca_int" and max(self.pca_head_dim, tail) > MAX_PART:
             raise ConfigError(
                 f"pca_int keeps at most {MAX_PART} fixed-point and {MAX_PART} int8 coefficients "
                 f"(exact integer sums), got pca_head_dim {self.pca_head_dim} and "
                 f"pca_dim - pca_head_dim {tail}"
             )
+
+    @property
+    def basis_dim(self) -> int:
+        """The PCA basis size: `pca_dim`, or with 0 the size that fills 256 B per voxel."""
+        if self.pca_dim:
+            return self.pca_dim
+        return 254 - self.pca_head_dim if self.feature_encoding == "pca_int" else 128
 
     def to_dict(self) -> dict[str, float | int | str]:
         """Return the settings as JSON scalars (stored in map files)."""

@@ -98,10 +98,10 @@ class VoxelEncoding:
         """
         if self.basis is not None:
             return
-        if self.config.feature_encoding not in PCA_ENCODINGS or self._size < self.config.pca_dim:
+        if self.config.feature_encoding not in PCA_ENCODINGS or self._size < self.config.basis_dim:
             raise ConfigError(
                 f"a PCA basis needs feature_encoding 'pca' or 'pca_int' and at least pca_dim "
-                f"({self.config.pca_dim}) voxels; this map is "
+                f"({self.config.basis_dim}) voxels; this map is "
                 f"'{self.config.feature_encoding}' with {self._size} voxels"
             )
         # An even stride over at most pca_fit_voxels rows bounds the float32 copy on big maps.
@@ -109,7 +109,7 @@ class VoxelEncoding:
         sample = self.features[::stride].to(torch.float32)
         sample = sample / sample.norm(dim=1, keepdim=True).clamp_min(_NORM_EPS)
         _, vectors = torch.linalg.eigh(sample.T @ sample)
-        basis = vectors[:, -self.config.pca_dim :].flip(1).contiguous()  # (D, k), largest first
+        basis = vectors[:, -self.config.basis_dim :].flip(1).contiguous()  # (D, k), largest first
         # Fix each vector's sign (largest loading positive) so a refit on the same data agrees.
         signs = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
         basis = basis * torch.where(signs == 0, torch.ones_like(signs), signs)

@@ -269,13 +269,24 @@ def test_load_state_refuses_rows_of_another_encoding_and_keeps_the_map():
     ("settings", "match"),
     [
         ({"pca_head_dim": 17}, r"pca_head_dim \(17\) must be at most pca_dim \(16\)"),
-        ({"pca_head_dim": 0}, "pca_head_dim must be a positive integer"),
+        ({"pca_head_dim": 0}, "pca_head_dim must be an integer >= 1"),
         ({"pca_dim": DIM}, "pca_dim"),
     ],
 )
 def test_invalid_pca_int_settings_are_rejected(settings, match):
     with pytest.raises(ConfigError, match=match):
         MapConfig(embedding_dim=DIM, **{**PCA_INT, **settings})
+
+
+def test_pca_dim_0_fills_256_bytes_per_voxel_whatever_the_encoding():
+    assert MapConfig(feature_encoding="pca").basis_dim == 128  # 128 float16
+    int_config = MapConfig(feature_encoding="pca_int")
+    assert row_bytes(int_config.basis_dim, int_config.pca_head_dim) == 256  # 32 + 190
+    wide_head = MapConfig(feature_encoding="pca_int", pca_head_dim=64)
+    assert row_bytes(wide_head.basis_dim, 64) == 256 and wide_head.basis_dim == 190
+    assert MapConfig(feature_encoding="pca", pca_dim=96).basis_dim == 96
+    with pytest.raises(ConfigError, match=r"pca_dim \(128 by default\) must be in 1..63"):
+        MapConfig(feature_encoding="pca", embedding_dim=64)
 
 
 def test_parts_too_large_for_exact_integer_sums_are_rejected():
