@@ -1,7 +1,7 @@
 """Run DVEFormer with PyTorch eager on CPU or CUDA, optionally in fp16 and with CUDA graphs.
 
 The network runs channels-last by default: on CUDA Tensor Cores prefer NHWC, and on a CPU
-oneDNN's NHWC kernels made a 480x640 forward pass 1.08x (reducedres) and 1.4-1.7x (fullres)
+oneDNN's NHWC kernels made a 480x640 forward pass 1.07-1.12x (reducedres) and 1.4-1.8x (fullres)
 faster on a 2-core x86 host; the embedding then comes out channel-last, which the voxel map fuses
 ~1.7x faster than channel-first. With `precision="fp16"` it runs under `torch.autocast`; the
 fused outputs (`fused_outputs.FusedGraph.heads`) always run in fp32. With `cuda_graphs=True` the
