@@ -28,6 +28,8 @@ import logging
 
 import torch
 
+from dve_perception.errors import ConfigError
+
 __all__ = ["MAX_PART", "FixedPointCodes", "int8_products", "row_bytes"]
 
 _LOG = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ class FixedPointCodes:
     def __init__(self, coefficients: int, head: int) -> None:
         """Rows of `coefficients` values, the first `head` (1..coefficients) in fixed point."""
         if not 1 <= head <= coefficients or max(head, coefficients - head) > MAX_PART:
-            raise ValueError(
+            raise ConfigError(
                 f"need 1 <= head ({head}) <= coefficients ({coefficients}), at most {MAX_PART} "
                 "in each part"
             )

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dve_perception.errors import InputError
-from dve_perception.mapping.fixed_point_codes import row_bytes
+from dve_perception.mapping.fixed_point_codes import MAX_PART, row_bytes
 from dve_perception.mapping.map_config import FEATURE_ENCODINGS, PCA_ENCODINGS
 
 __all__ = ["MEMBER_DTYPES", "SCALAR_FIELDS", "MapSnapshot", "member_dtype"]
@@ -179,6 +179,11 @@ def _check_int_rows(rows: np.ndarray, coefficients: int, head: int) -> None:
     """pca_int rows: the width of the layout, finite scales >= 0, zero padding."""
     if not 1 <= head <= coefficients:
         raise InputError(f"pca_head_dim must be in 1..{coefficients} (the basis size), got {head}")
+    if max(head, coefficients - head) > MAX_PART:
+        raise InputError(
+            f"pca_int parts hold at most {MAX_PART} coefficients, got {head} + "
+            f"{coefficients - head}"
+        )
     width = row_bytes(coefficients, head)
     if rows.shape[1] != width:
         raise InputError(
@@ -186,7 +191,7 @@ def _check_int_rows(rows: np.ndarray, coefficients: int, head: int) -> None:
             f"bytes, got {rows.shape[1]}"
         )
     scale_at = head + coefficients
-    scales = np.ascontiguousarray(rows[:, scale_at : scale_at + 2]).view(np.uint16)
+    scales = np.ascontiguousarray(rows[:, scale_at : scale_at + 2]).view("<u2")
     # float16 bits: sign bit set (negative) or exponent all ones (inf, NaN) are invalid scales.
     if scales.size and not (scales.max() < 0x7C00):
         raise InputError("pca_int rows hold a negative, infinite or NaN scale")

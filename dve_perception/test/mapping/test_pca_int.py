@@ -38,7 +38,7 @@ def test_row_layout_sizes_and_the_default_fills_256_bytes():
     assert row_bytes(222, 32) == 256  # 64 + 190 + 2 scale bytes
     assert row_bytes(10, 10) == 24  # 22 bytes padded to a multiple of 8
     assert row_bytes(7, 3) == 16
-    with pytest.raises(ValueError, match="head"):
+    with pytest.raises(ConfigError, match="head"):
         FixedPointCodes(4, 5)
 
 
@@ -230,6 +230,7 @@ def _bad_padding(rows: np.ndarray) -> np.ndarray:
         ({"pca_head_dim": lambda h: None}, "pca_head_dim belongs to pca_int maps only"),
         ({"pca_head_dim": lambda h: 17}, r"pca_head_dim must be in 1..16"),
         ({"basis": lambda b: None}, "basis must be a numpy array"),
+        ({"pca_head_dim": lambda h: 0}, "pca_head_dim must be an int >= 1"),
     ],
 )
 def test_snapshots_of_pca_int_maps_are_validated(tmp_path, change, message):
@@ -237,6 +238,16 @@ def test_snapshots_of_pca_int_maps_are_validated(tmp_path, change, message):
     fields = {name: fn(getattr(snapshot, name)) for name, fn in change.items()}
     with pytest.raises(InputError, match=message):
         dataclasses.replace(snapshot, **fields)
+
+
+def test_a_snapshot_whose_parts_are_too_large_for_exact_sums_is_refused(tmp_path):
+    snapshot = _snapshot(tmp_path)
+    basis = np.linalg.qr(np.random.default_rng(0).standard_normal((600, 560)))[0]
+    rows = np.zeros((len(snapshot.voxels), row_bytes(560, 4)), np.int8)
+    with pytest.raises(InputError, match="at most 511 coefficients, got 4 \\+ 556"):
+        dataclasses.replace(
+            snapshot, embedding_dim=600, basis=basis.astype(np.float32), features=rows
+        )
 
 
 def test_loading_a_pca_int_file_into_other_settings_is_refused(tmp_path):
@@ -294,7 +305,7 @@ def test_parts_too_large_for_exact_integer_sums_are_rejected():
     with pytest.raises(ConfigError, match="at most 511 fixed-point and 511 int8"):
         MapConfig(embedding_dim=768, **{**wide, "pca_head_dim": 32})  # 568 int8
     MapConfig(embedding_dim=768, **{**wide, "pca_head_dim": 100})  # 100 + 500: accepted
-    with pytest.raises(ValueError, match="at most 511"):
+    with pytest.raises(ConfigError, match="at most 511"):
         FixedPointCodes(1100, 550)
 
 
