@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from dve_perception.errors import ConfigError
-from dve_perception.mapping.fixed_point_codes import FixedPointCodes
+from dve_perception.mapping.fixed_point_codes import FixedPointCodes, row_bytes
 from dve_perception.mapping.float16_rounding import StochasticFloat16
 from dve_perception.mapping.map_config import PCA_ENCODINGS, MapConfig
 
@@ -128,16 +128,19 @@ class VoxelEncoding:
         _LOG.info("fitted a %d-d PCA basis on %d voxels", basis.shape[1], self._size)
 
     def _set_basis(self, basis: torch.Tensor | None) -> None:
-        self.basis = basis
-        self.codes = None
+        codes = None  # built first: a refused size leaves the map as it was
         if basis is not None and self.config.feature_encoding == "pca_int":
-            self.codes = FixedPointCodes(basis.shape[1], self.config.pca_head_dim)
+            codes = FixedPointCodes(basis.shape[1], self.config.pca_head_dim)
+        self.basis, self.codes = basis, codes
 
-    def _row_format(self) -> tuple[int, torch.dtype]:
-        """(width, dtype) of a stored row in the current encoding."""
-        if self.codes is not None:
-            return self.codes.row_bytes, torch.int8
-        return self.feature_dim, torch.float16
+    def _row_format(self, basis: torch.Tensor | None = None) -> tuple[int, torch.dtype]:
+        """(width, dtype) of a stored row with `basis` (default: the map's own)."""
+        basis = self.basis if basis is None else basis
+        if basis is None:
+            return self.config.embedding_dim, torch.float16
+        if self.config.feature_encoding == "pca_int":
+            return row_bytes(basis.shape[1], self.config.pca_head_dim), torch.int8
+        return basis.shape[1], torch.float16
 
     def _store(self, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Write (M, feature_dim) float32 values into stored `rows`, rounding as the encoding does.

@@ -211,14 +211,7 @@ class VoxelEmbeddingMap(VoxelEncoding, VoxelScoring):
             ConfigError: rows of another encoding or size than this map's settings give.
         """
         n = voxels.shape[0]
-        width, dtype = self.config.embedding_dim, torch.float16
-        if basis is not None:
-            width = basis.shape[1]
-            if self.config.feature_encoding == "pca_int":
-                width, dtype = (
-                    FixedPointCodes(width, self.config.pca_head_dim).row_bytes,
-                    torch.int8,
-                )
+        width, dtype = self._row_format(basis)
         right_type = features.dtype == dtype or (
             dtype != torch.int8 and features.is_floating_point()
         )
