@@ -4,9 +4,11 @@
 CPU (`--device cpu`, the default where torch sees no GPU): PyTorch and ONNX Runtime forward of
 each variant at 480x640, each with the official raw fp32 output and with fused outputs (unit fp16
 embedding, 40 class scores and labels, a downsampled embedding to publish: 60x80 reduced-res,
-120x160 full-res), plus preprocessing and postprocessing; frames/s and the time as a ratio to the
-PyTorch fp32 forward of the same variant, and the bytes per frame of all outputs and of what a
-node copies (the raw embedding without fusion; labels and the publish embedding with it).
+120x160 full-res), plus preprocessing, postprocessing and the end-to-end perception step (torch,
+fused outputs) with its ratio to bare inference; frames/s and the time as a ratio to the PyTorch
+fp32 forward of the same variant (channels-last, the backend's default), and the bytes per frame
+of all outputs and of what a node copies (the raw embedding without fusion; labels and the
+publish embedding with it).
 
 GPU (`--device cuda`, the default where torch sees one; about 3 minutes): PyTorch fp32 eager
 (NCHW) against fp16 (channels-last), fp16 + CUDA graphs, fp16 + CUDA graphs + fused outputs,
@@ -136,8 +138,7 @@ def _backend(spec: dict):
 
 def _inference_case(spec: dict) -> tuple:
     backend = _backend(spec)
-    # onnxruntime takes host arrays whichever provider runs; the others take device tensors.
-    rgb, depth = _inputs("cpu" if spec["backend"] == "onnxruntime" else spec["device"])
+    rgb, depth = _inputs(spec["device"])
     outputs = backend.infer_outputs(rgb, depth)
     nbytes = {name: t.numel() * t.element_size() for name, t in outputs.items()}
     extra = {
@@ -156,7 +157,7 @@ def _end_to_end_case(spec: dict) -> tuple:
     from dve_perception.node_logic.perception_worker import PerceptionWorker
     from dve_perception.pipeline import PerceptionPipeline
 
-    backend = _backend({**spec, "backend": "torch"})
+    backend = _backend({**spec, "backend": spec.get("runs", "torch")})
     names = [f"class {i}" for i in range(N_CLASSES)]
     config = PerceptionNodeConfig(device=spec["device"], embedding_rate_hz=0.0)
     worker = PerceptionWorker(PerceptionPipeline(backend), _prototypes(), names, config)
@@ -251,7 +252,7 @@ def _mb(value: float | None) -> str:
 
 
 def cpu_table(variants: list[str], repeats: int, folder: Path) -> None:
-    rows = []
+    rows, summary = [], []
     for variant in variants:
         base = {"variant": variant, "device": "cpu", "repeats": repeats}
         torch_rows, ort_rows = [], []
@@ -263,6 +264,7 @@ def cpu_table(variants: list[str], repeats: int, folder: Path) -> None:
         stages = [
             _subprocess({**base, "backend": stage}) for stage in ("preprocess", "postprocess")
         ]
+        e2e = _subprocess({**base, "backend": "end-to-end", "fused": True})
         labels = [
             "torch fp32 (baseline)",
             "torch fp32 + fused outputs",
@@ -270,8 +272,14 @@ def cpu_table(variants: list[str], repeats: int, folder: Path) -> None:
             "onnxruntime + fused outputs",
             "preprocess 1080x1440 -> 480x640",
             f"postprocess {N_CLASSES} classes -> 1080x1440",
+            "end to end, torch + fused outputs",
         ]
-        results = [torch_rows[0], torch_rows[1], ort_rows[0], ort_rows[1], *stages]
+        results = [torch_rows[0], torch_rows[1], ort_rows[0], ort_rows[1], *stages, e2e]
+        summary.append(
+            f"{variant}: end to end (the perception worker's step: pipeline, segmentation, PCA "
+            f"preview) {e2e['median_s'] * 1e3:.0f} ms = {e2e['median_s'] / e2e['bare_s']:.3f}x "
+            f"bare inference of the same backend ({e2e['bare_s'] * 1e3:.0f} ms)"
+        )
         rows += [
             (variant, label, res, torch_rows[0]) for label, res in zip(labels, results, strict=True)
         ]
@@ -293,6 +301,7 @@ def cpu_table(variants: list[str], repeats: int, folder: Path) -> None:
             f"{_mb(res.get('out_mb')):>7} | {_mb(res.get('copied_mb')):>9} | "
             f"{res['peak_rss_mb']:>11.0f} |"
         )
+    print("\n".join(summary))
 
 
 def _gpu_cases(variant: str, repeats: int, folder: Path, engine_cache: Path) -> list:

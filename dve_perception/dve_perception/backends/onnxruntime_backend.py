@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +24,13 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     The file's export metadata fixes the input size (its pooling was fixed to it) and names the
     outputs (`fused_outputs`); `infer_outputs` returns all of them and `infer` the main
-    embedding as float32. Outputs are CPU tensors whichever provider runs the graph.
+    embedding as float32 (only that output is fetched).
+
+    Inputs and outputs are torch tensors bound to the session by address (ONNX Runtime's I/O
+    binding), on `device`: with the CUDA provider and a CUDA torch that is the GPU, so the
+    pipeline's pre- and postprocessing stay there and nothing is copied to the host that the
+    caller does not copy itself. With the CUDA provider but a CPU-only torch, `device` is the
+    CPU and ONNX Runtime copies inputs in and outputs out.
 
     Args:
         path: the exported `.onnx` file.
@@ -73,27 +81,66 @@ class OnnxRuntimeBackend(InferenceBackend):
                 f"{list(self.metadata.output_names)}; re-export it with "
                 "`dve-perception export-onnx`"
             )
+        self._tensors = {
+            arg.name: _TensorType.of(arg, str(path))
+            for arg in (*self._session.get_inputs(), *self._session.get_outputs())
+        }
         super().__init__(
             fixed_size=(self.metadata.height, self.metadata.width),
-            device=torch.device("cpu"),
+            device=_io_device(providers),
             embedding_dim=self.metadata.embedding_dim,
             fused=self.metadata.fused,
         )
         self.providers = tuple(self._session.get_providers())
 
     def _infer_impl(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        # Fetch the main output only: the others need not be copied out of the session.
-        (output,) = self._session.run([OUTPUT_NAME], _feeds(rgb, depth))
-        return torch.from_numpy(output).float()
+        # Bind the main output only: ONNX Runtime computes and fills what is bound.
+        return self._run(rgb, depth, (OUTPUT_NAME,))[OUTPUT_NAME].float()
 
     def _infer_outputs_impl(
         self, rgb: torch.Tensor, depth: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        outputs = self._session.run(list(self.output_names), _feeds(rgb, depth))
-        return {
-            name: torch.from_numpy(value)
-            for name, value in zip(self.output_names, outputs, strict=True)
+        return self._run(rgb, depth, self.output_names)
+
+    def _run(
+        self, rgb: torch.Tensor, depth: torch.Tensor, names: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        binding = self._session.io_binding()
+        # Bound tensors must outlive the run; these locals do (the run is synchronous).
+        inputs = {
+            name: tensor.detach().to(self.device, self._tensors[name].dtype).contiguous()
+            for name, tensor in (("rgb", rgb), ("depth", depth))
         }
+        outputs = {
+            name: torch.empty(
+                (rgb.shape[0], *self._tensors[name].shape),
+                dtype=self._tensors[name].dtype,
+                device=self.device,
+            )
+            for name in names
+        }
+        for name, tensor in inputs.items():
+            binding.bind_input(name, *self._buffer(tensor))
+        for name, tensor in outputs.items():
+            binding.bind_output(name, *self._buffer(tensor))
+        if self.device.type == "cuda":
+            # ONNX Runtime computes on its own stream: the inputs, written on torch's, must be
+            # complete first. Run() synchronises its stream before returning, so the outputs
+            # are complete for torch's stream.
+            torch.cuda.current_stream(self.device).synchronize()
+        self._session.run_with_iobinding(binding)
+        return outputs
+
+    def _buffer(self, tensor: torch.Tensor) -> tuple[str, int, Any, tuple[int, ...], int]:
+        """(device type, device id, element type, shape, address): what a binding takes."""
+        element_type = _NUMPY_DTYPES[tensor.dtype]
+        return (
+            self.device.type,
+            self.device.index or 0,
+            element_type,
+            tuple(tensor.shape),
+            (tensor.data_ptr()),
+        )
 
     def close(self) -> None:
         """Release the ONNX Runtime session."""
@@ -101,11 +148,48 @@ class OnnxRuntimeBackend(InferenceBackend):
         self._session = None
 
 
-def _feeds(rgb: torch.Tensor, depth: torch.Tensor) -> dict[str, np.ndarray]:
-    return {
-        "rgb": np.ascontiguousarray(rgb.detach().cpu().numpy()),
-        "depth": np.ascontiguousarray(depth.detach().cpu().numpy()),
-    }
+#: ONNX tensor element types a dve_perception export uses, and the torch dtypes holding them.
+_ONNX_DTYPES = {
+    "tensor(float)": torch.float32,
+    "tensor(float16)": torch.float16,
+    "tensor(int32)": torch.int32,
+    "tensor(int64)": torch.int64,
+}
+_NUMPY_DTYPES = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.int32: np.int32,
+    torch.int64: np.int64,
+}
+
+
+@dataclass(frozen=True)
+class _TensorType:
+    """Shape after the batch axis and dtype of one graph input or output."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, arg: Any, path: str) -> _TensorType:
+        """Read an onnxruntime `NodeArg`; only the batch axis may be symbolic."""
+        rest = arg.shape[1:]
+        if arg.type not in _ONNX_DTYPES or not all(isinstance(d, int) for d in rest):
+            raise CheckpointError(
+                f"{path}: tensor {arg.name!r} is {arg.type} of shape {arg.shape}; a "
+                f"dve_perception export has {sorted(_ONNX_DTYPES)} tensors whose axes are "
+                "fixed after the batch axis; re-export it with `dve-perception export-onnx`"
+            )
+        return cls(tuple(rest), _ONNX_DTYPES[arg.type])
+
+
+def _io_device(providers: list) -> torch.device:
+    """Where inputs and outputs live: the provider's GPU when torch can hold tensors there."""
+    first = providers[0]
+    if first == _CPU_PROVIDER or not torch.cuda.is_available():
+        return torch.device("cpu")
+    options = first[1] if isinstance(first, tuple) else {}
+    return torch.device("cuda", int(options.get("device_id", 0)))
 
 
 def _providers(device: str, available: list[str]) -> list:

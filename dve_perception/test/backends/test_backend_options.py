@@ -202,6 +202,37 @@ def test_onnxruntime_cuda_needs_the_gpu_package(fused_file, monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("provider", "torch_has_cuda", "expected"),
+    [
+        ("CPUExecutionProvider", True, "cpu"),
+        ("CUDAExecutionProvider", True, "cuda:0"),
+        (("CUDAExecutionProvider", {"device_id": 1}), True, "cuda:1"),
+        # onnxruntime-gpu next to a CPU-only torch: host buffers, ONNX Runtime copies.
+        ("CUDAExecutionProvider", False, "cpu"),
+    ],
+)
+def test_onnxruntime_binds_its_tensors_on_the_provider_gpu_when_torch_can_hold_them(
+    monkeypatch, provider, torch_has_cuda, expected
+):
+    from dve_perception.backends.onnxruntime_backend import _io_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: torch_has_cuda)
+    assert _io_device([provider, "CPUExecutionProvider"]) == torch.device(expected)
+
+
+def test_onnxruntime_refuses_a_graph_whose_axes_after_the_batch_are_not_fixed(fused_file, tmp_path):
+    import onnx
+
+    # Output buffers are allocated before the run, so every axis but the batch must be known.
+    model = onnx.load(str(fused_file))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    path = tmp_path / "symbolic.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(CheckpointError, match=r"'rgb' is tensor\(float\) of shape .*re-export"):
+        OnnxRuntimeBackend(path)
+
+
+@pytest.mark.parametrize(
     ("name", "kwargs", "message"),
     [
         (
@@ -281,5 +312,7 @@ def test_onnxruntime_cuda_provider_matches_cpu(fused_file):
     cpu = OnnxRuntimeBackend(fused_file).infer_outputs(rgb, depth)
     cuda = OnnxRuntimeBackend(fused_file, device="cuda")
     assert cuda.providers[0] == "CUDAExecutionProvider"
-    out = cuda.infer_outputs(rgb, depth)
-    torch.testing.assert_close(out[SCORES_OUTPUT], cpu[SCORES_OUTPUT], atol=1e-3, rtol=0)
+    assert cuda.device == torch.device("cuda", 0)  # outputs stay on the GPU
+    out = cuda.infer_outputs(rgb.cuda(), depth.cuda())
+    assert all(value.is_cuda for value in out.values())
+    torch.testing.assert_close(out[SCORES_OUTPUT].cpu(), cpu[SCORES_OUTPUT], atol=1e-3, rtol=0)

@@ -109,7 +109,7 @@ class Case:
         make: (artifacts, variant) -> a new backend.
         tolerance: see `Tolerance`.
         device: where the inputs are put, and where the backend declares (and returns) its
-            outputs; onnxruntime returns CPU tensors whichever provider runs.
+            outputs.
         static: the backend accepts only the export size (64x96).
     """
 
@@ -170,7 +170,7 @@ CASES = (
     Case("torch-cuda-fp32", _torch("cuda"), FP32, "cuda", marks=GPU),
     Case("torch-cuda-fp16", _torch("cuda", "fp16"), FP16, "cuda", marks=GPU),
     Case("torch-cuda-fp16-graphs", _torch("cuda", "fp16", True), FP16, "cuda", marks=GPU),
-    Case("onnxruntime-cuda", _onnxruntime("cuda"), FP32, static=True, marks=GPU),
+    Case("onnxruntime-cuda", _onnxruntime("cuda"), FP32, "cuda", static=True, marks=GPU),
     Case("tensorrt-fp32", _tensorrt("fp32"), FP32, "cuda", static=True, marks=TRT),
     Case("tensorrt-fp16", _tensorrt("fp16"), FP16, "cuda", static=True, marks=TRT),
 )
@@ -335,6 +335,24 @@ def test_infer_returns_the_main_embedding_as_float32(pool, artifacts, case, vari
         expected = expected.half()  # infer widens the graph's fp16 output
     error = _relative_error(main, expected)
     assert error <= case.tolerance.for_dtype(graph_dtype), f"relative L2 error {error:.2e}"
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+@pytest.mark.parametrize("layout", ["channels_last", "crop_view"])
+def test_strided_inputs_give_the_outputs_of_contiguous_ones(pool, case, layout):
+    # Backends that bind buffers by address must not read a strided tensor as if it were dense.
+    backend = pool.get(case, "fused")
+    rgb, depth = (t.to(case.device) for t in _inputs(2))
+    if layout == "channels_last":
+        strided = [t.contiguous(memory_format=torch.channels_last) for t in (rgb, depth)]
+    else:
+        wider = [torch.cat([t, t.flip(-1)], dim=-1) for t in (rgb, depth)]
+        strided = [t[..., : SIZE[1]] for t in wider]
+    assert not strided[0].is_contiguous()
+    expected = backend.infer_outputs(rgb, depth)
+    actual = backend.infer_outputs(*strided)
+    for name, value in expected.items():
+        assert torch.equal(actual[name], value), name
 
 
 def _error(backend: InferenceBackend, method: str, rgb, depth) -> tuple[type, str]:
