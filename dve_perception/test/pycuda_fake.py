@@ -1,9 +1,9 @@
 """A strict stand-in for the part of `pycuda.driver` the TensorRT backend uses.
 
 Follows pycuda's documented driver API (documen.tician.de/pycuda/driver.html): `init`,
-`Device(ordinal)` with `count()`, `name()`, `compute_capability()` and
-`retain_primary_context()`, `Context.push()` / `Context.pop()` / `detach()`, `Stream` with
-`handle` and `synchronize()`, `pagelocked_empty`, `mem_alloc` (a `DeviceAllocation` whose
+`Device(ordinal)` with `count()`, `name()`, `compute_capability()`, `get_attribute()` (the SM
+count) and `retain_primary_context()`, `Context.push()` / `Context.pop()` / `detach()`, `Stream`
+with `handle` and `synchronize()`, `pagelocked_empty`, `mem_alloc` (a `DeviceAllocation` whose
 `int()` is its address) and `memcpy_htod_async` / `memcpy_dtoh_async`. Like pycuda it refuses
 allocations, streams and copies without a current context (pycuda raises LogicError "invalid
 device context"), and asynchronous copies from host memory that is not page-locked. "Device"
@@ -13,6 +13,7 @@ memory is CPU memory here, so the TensorRT fake can read and write it by address
 from __future__ import annotations
 
 import ctypes
+import enum
 import sys
 import types
 
@@ -26,13 +27,18 @@ class LogicError(RuntimeError):
 class FakeDriverState:
     """What the fake driver does and what was done with it."""
 
-    def __init__(self, name: str, capability: tuple[int, int], count: int) -> None:
+    def __init__(
+        self, name: str, capability: tuple[int, int], count: int, multiprocessors: int
+    ) -> None:
         self.name, self.capability, self.count = name, capability, count
+        self.multiprocessors = multiprocessors
         self.initialised = False
         self.context_stack: list[Context] = []
         self.retained = 0
         self.pagelocked: dict[int, np.ndarray] = {}
         self.live_allocations = 0
+        # pycuda prints "a clean-up operation failed (dead context maybe?)" for these.
+        self.dead_context_cleanups = 0
 
 
 class Context:
@@ -58,6 +64,12 @@ class Context:
         self._state.retained -= 1
 
 
+class device_attribute(enum.Enum):  # noqa: N801 (pycuda's name)
+    """The part of pycuda.driver.device_attribute used here."""
+
+    MULTIPROCESSOR_COUNT = 16
+
+
 class DeviceAllocation:
     __slots__ = ("_state", "_buffer", "_freed")
 
@@ -81,10 +93,13 @@ class DeviceAllocation:
 
 
 def make_pycuda(
-    name: str = "Orin", capability: tuple[int, int] = (8, 7), count: int = 1
+    name: str = "Orin",
+    capability: tuple[int, int] = (8, 7),
+    count: int = 1,
+    multiprocessors: int = 16,
 ) -> tuple[types.ModuleType, types.ModuleType]:
     """Return fake (`pycuda`, `pycuda.driver`) modules; the driver's `_fake_state` records use."""
-    state = FakeDriverState(name, capability, count)
+    state = FakeDriverState(name, capability, count, multiprocessors)
     driver = types.ModuleType("pycuda.driver")
     driver._fake_state = state
     driver.LogicError = LogicError
@@ -122,6 +137,11 @@ def make_pycuda(
         def compute_capability(self) -> tuple[int, int]:
             return state.capability
 
+        def get_attribute(self, attribute: device_attribute) -> int:
+            if not isinstance(attribute, device_attribute):
+                raise TypeError("get_attribute takes a pycuda.driver.device_attribute")
+            return {device_attribute.MULTIPROCESSOR_COUNT: state.multiprocessors}[attribute]
+
         def retain_primary_context(self) -> Context:
             state.retained += 1
             return BoundContext(state)
@@ -136,11 +156,17 @@ def make_pycuda(
             state.context_stack.pop()
 
     class Stream:
-        __slots__ = ("handle",)
+        __slots__ = ("handle", "_context")
 
         def __init__(self, flags: int = 0) -> None:
             need_context("cuStreamCreate")
             self.handle = 0x5157  # any int: TensorRT's fake only checks the type
+            self._context = state.context_stack[-1]
+
+        def __del__(self) -> None:
+            # pycuda destroys a stream in the context it was created in.
+            if self._context._detached:
+                state.dead_context_cleanups += 1
 
         def synchronize(self) -> None:
             need_context("cuStreamSynchronize")
@@ -177,6 +203,7 @@ def make_pycuda(
     for function in (init, pagelocked_empty, mem_alloc, memcpy_htod_async, memcpy_dtoh_async):
         setattr(driver, function.__name__, function)
     driver.Device, driver.Stream, driver.Context = Device, Stream, BoundContext
+    driver.device_attribute = device_attribute
     package = types.ModuleType("pycuda")
     package.__path__ = []
     package.driver = driver

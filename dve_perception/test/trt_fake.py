@@ -118,6 +118,7 @@ class FakeState:
     compute: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
     parse_errors: list[str] = field(default_factory=list)
     build_returns_none: bool = False
+    profile_invalid: bool = False
     fast_fp16: bool = True
     execute_fails: bool = False
     builds: list[dict] = field(default_factory=list)
@@ -310,11 +311,18 @@ class IBuilderConfig:
 
     def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
         check(profile, IOptimizationProfile, "IBuilderConfig.add_optimization_profile")
+        if self._state.profile_invalid or not profile.shapes:
+            self._state.log.append("optimization profile is invalid")
+            return -1  # TensorRT's answer to an invalid profile
         self.profiles.append(profile)
         return len(self.profiles) - 1
 
-    def create_timing_cache(self, serialized_timing_cache: Any) -> ITimingCache:
+    def create_timing_cache(self, serialized_timing_cache: Any) -> ITimingCache | None:
         data = buffer_bytes(serialized_timing_cache, "IBuilderConfig.create_timing_cache")
+        if data and not data.startswith(CACHE_MAGIC):
+            # TensorRT logs "Magic tag does not match" and returns a null cache.
+            self._state.log.append("timing cache: magic tag does not match")
+            return None
         return ITimingCache(data)
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
@@ -403,6 +411,7 @@ class Builder:
             pool_limits=dict(config.pool_limits),
             profiles=[p.shapes for p in config.profiles],
             timing_cache_in=None if config.timing_cache is None else config.timing_cache.data,
+            logger=self.logger,
         )
         dynamic = any(-1 in tuple(t.shape) for t in network._inputs)
         if dynamic and not config.profiles:

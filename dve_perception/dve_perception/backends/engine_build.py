@@ -10,6 +10,7 @@ tensorrt is imported only when a build is asked for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
@@ -42,6 +43,7 @@ __all__ = [
     "build_engine",
     "ensure_engine",
     "import_tensorrt",
+    "tensorrt_logger",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -90,6 +92,17 @@ def import_tensorrt() -> ModuleType:
         ) from err
 
 
+@functools.cache
+def tensorrt_logger(trt: ModuleType) -> Any:
+    """The one logger (warnings and errors) every builder and runtime of `trt` is given.
+
+    TensorRT keeps the logger of the first builder or runtime of a process and warns when a
+    later one brings another, so a backend created next to a build, or a second backend, must
+    pass the same object.
+    """
+    return trt.Logger(trt.Logger.WARNING)
+
+
 def _this_machine_key(
     onnx_path: str | Path,
     precision: str,
@@ -104,8 +117,7 @@ def _this_machine_key(
         onnx_path,
         precision,
         trt_version=trt.__version__,
-        device_name=platform.gpu_name,
-        capability=platform.compute_capability,
+        platform=platform,
         max_batch=max_batch,
     )
     return trt, key
@@ -160,7 +172,7 @@ def build_engine(
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     trt, key = _this_machine_key(onnx_path, precision, max_batch, trt, platform)
     _LOG.info("building a %s TensorRT engine from %s (may take minutes)", precision, onnx_path)
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger(trt)
     builder = trt.Builder(logger)
     # The parser owns the weights the network refers to: it must live until the build is done.
     network, parser = _parse(trt, builder, logger, onnx_path)
@@ -238,14 +250,19 @@ def _add_batch_profile(builder: Any, network: Any, config: Any, max_batch: int) 
     for name, shape in shapes.items():
         rest = shape[1:]
         profile.set_shape(name, (1, *rest), (1, *rest), (max_batch, *rest))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineBuildError(
+            f"TensorRT refused the optimisation profile (batch 1..{max_batch}) for inputs "
+            f"{shapes}; TensorRT's log above says why"
+        )
 
 
 def _load_timing_cache(config: Any, path: Path) -> None:
     data = path.read_bytes() if path.is_file() else b""
     cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        # A cache from another GPU or TensorRT version: start empty rather than mix timings.
+    # None: bytes TensorRT cannot read (truncated, corrupt, another version's layout); False: a
+    # cache from another GPU or TensorRT version. Either way start empty rather than mix timings.
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         _LOG.warning("timing cache %s does not fit this GPU/TensorRT; starting empty", path)
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 

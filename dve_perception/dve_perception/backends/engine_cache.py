@@ -47,7 +47,7 @@ PRECISIONS = ("fp16", "fp32")
 SIDECAR_FORMAT = 1
 _CHUNK = 1 << 20
 # Key fields that describe this machine rather than the requested model.
-_PLATFORM_FIELDS = ("gpu_name", "compute_capability", "tensorrt_version")
+_PLATFORM_FIELDS = ("gpu_name", "compute_capability", "multiprocessors", "tensorrt_version")
 
 
 class StaleEngineError(CheckpointError):
@@ -61,10 +61,14 @@ class Platform:
     Attributes:
         gpu_name: the CUDA device name, e.g. "Orin" or "NVIDIA GeForce RTX 4090".
         compute_capability: "major.minor", e.g. "8.7".
+        multiprocessors: streaming multiprocessors (SMs). Every Jetson Orin module is named
+            "Orin" with capability 8.7; the SM count tells them apart (AGX Orin 64 GB: 16,
+            32 GB: 14, Orin NX and Nano: 8 or fewer), and TensorRT tunes a plan to the device.
     """
 
     gpu_name: str
     compute_capability: str
+    multiprocessors: int
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class EngineKey:
     Attributes:
         gpu_name: CUDA device name the engine was built on.
         compute_capability: "major.minor" of that device.
+        multiprocessors: its number of streaming multiprocessors (see `Platform`).
         tensorrt_version: `tensorrt.__version__` of the builder.
         onnx_sha256: hex sha256 of the ONNX file.
         precision: "fp16" or "fp32".
@@ -83,6 +88,7 @@ class EngineKey:
 
     gpu_name: str
     compute_capability: str
+    multiprocessors: int
     tensorrt_version: str
     onnx_sha256: str
     precision: str
@@ -97,6 +103,10 @@ class EngineKey:
         if not re.fullmatch(r"\d+\.\d+", str(self.compute_capability)):
             raise ConfigError(
                 f"compute capability must look like '8.7', got {self.compute_capability!r}"
+            )
+        if not _positive_int(self.multiprocessors):
+            raise ConfigError(
+                f"multiprocessors must be a positive integer, got {self.multiprocessors!r}"
             )
         if not re.fullmatch(r"[0-9a-f]{64}", str(self.onnx_sha256)):
             raise ConfigError(f"onnx_sha256 must be 64 hex digits, got {self.onnx_sha256!r}")
@@ -190,8 +200,7 @@ def current_key(
     precision: str,
     *,
     trt_version: str,
-    device_name: str,
-    capability: str,
+    platform: Platform,
     max_batch: int = 1,
 ) -> EngineKey:
     """Return the key an engine built now from `onnx_path` would have.
@@ -200,8 +209,7 @@ def current_key(
         onnx_path: the exported ONNX file (hashed, and its export metadata read).
         precision: "fp16" or "fp32".
         trt_version: `tensorrt.__version__`.
-        device_name: CUDA device name.
-        capability: compute capability "major.minor".
+        platform: the GPU (`platform_info`).
         max_batch: largest batch of the optimisation profile.
 
     Raises:
@@ -210,8 +218,9 @@ def current_key(
     """
     metadata = read_onnx_export_metadata(onnx_path)
     return EngineKey(
-        gpu_name=device_name,
-        compute_capability=capability,
+        gpu_name=platform.gpu_name,
+        compute_capability=platform.compute_capability,
+        multiprocessors=platform.multiprocessors,
         tensorrt_version=trt_version,
         onnx_sha256=onnx_sha256(onnx_path),
         precision=precision,
@@ -366,7 +375,7 @@ def _rebuild_hint(onnx_path: str) -> str:
 
 
 def platform_info(device_index: int = 0) -> Platform:
-    """Return the name and compute capability of a CUDA device.
+    """Return the name, compute capability and SM count of a CUDA device.
 
     Asks torch.cuda first and pycuda.driver when torch has no CUDA (TensorRT deployments with a
     CPU-only torch); both are imported only here.
@@ -380,8 +389,12 @@ def platform_info(device_index: int = 0) -> Platform:
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         _check_index(device_index, count)
-        major, minor = torch.cuda.get_device_capability(device_index)
-        return Platform(torch.cuda.get_device_name(device_index), f"{major}.{minor}")
+        properties = torch.cuda.get_device_properties(device_index)
+        return Platform(
+            properties.name,
+            f"{properties.major}.{properties.minor}",
+            properties.multi_processor_count,
+        )
     try:
         import pycuda.driver as cuda
     except ImportError as err:
@@ -399,7 +412,8 @@ def platform_info(device_index: int = 0) -> Platform:
     _check_index(device_index, count)
     device = cuda.Device(device_index)
     major, minor = device.compute_capability()
-    return Platform(device.name(), f"{major}.{minor}")
+    sms = device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT)
+    return Platform(device.name(), f"{major}.{minor}", int(sms))
 
 
 def _check_index(index: int, count: int) -> None:

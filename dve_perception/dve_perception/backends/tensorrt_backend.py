@@ -5,8 +5,9 @@ another GPU or TensorRT version, or modified since, is refused with the rebuild 
 than handed to TensorRT. Two ways to move tensors:
 
 - `io="torch"` (default): inputs and outputs are torch CUDA tensors whose addresses are bound to
-  the execution context and run on torch's current stream, so outputs stay on the GPU and the
-  caller copies only what it publishes.
+  the execution context; the engine runs on a stream of its own that waits for torch's current
+  stream and that torch's stream waits for (`SideStream`), so outputs stay on the GPU, ready
+  for the caller's next kernels, and the caller copies only what it publishes.
 - `io="pycuda"`: for deployments whose torch has no CUDA; page-locked host buffers, device
   buffers from pycuda, and outputs returned as CPU tensors.
 
@@ -27,12 +28,13 @@ import torch
 
 from dve_perception.backends import engine_cache
 from dve_perception.backends.base import InferenceBackend
-from dve_perception.backends.engine_build import import_tensorrt
+from dve_perception.backends.engine_build import import_tensorrt, tensorrt_logger
 from dve_perception.backends.engine_cache import EngineRecord, check_engine, read_sidecar
 from dve_perception.backends.export_metadata import INPUT_NAMES, OUTPUT_NAME
 from dve_perception.backends.fused_outputs import FusedOutputs
 from dve_perception.backends.tensorrt_bindings import (
     PycudaBindings,
+    SideStream,
     TensorRTExecutionError,
     TensorSpec,
     TorchBindings,
@@ -98,6 +100,7 @@ class TensorRTBackend(InferenceBackend):
                 "sees no CUDA device; use io='pycuda' or install a CUDA torch"
             )
         self._cuda_device = cuda_device
+        self._bindings = self._context = self._engine = self._runtime = None
         self._cuda_context = self._retain_context(cuda_device.index or 0)
         try:
             specs = self._load(path, trt, cuda_device, check_key)
@@ -111,8 +114,7 @@ class TensorRTBackend(InferenceBackend):
                 output_names=tuple(s.name for s in specs if not s.is_input),
             )
         except BaseException:
-            if self._cuda_context is not None:
-                self._cuda_context.detach()
+            self._release()
             raise
 
     def _fused(self, specs: tuple[TensorSpec, ...], path: Path) -> FusedOutputs | None:
@@ -136,7 +138,7 @@ class TensorRTBackend(InferenceBackend):
         data = path.read_bytes()
         self.record = self._check(path, data, trt, device.index or 0) if check_key else None
         with self._scope(device):
-            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self._runtime = trt.Runtime(tensorrt_logger(trt))
             self._engine = self._runtime.deserialize_cuda_engine(data)
             if self._engine is None:
                 raise CheckpointError(
@@ -160,6 +162,7 @@ class TensorRTBackend(InferenceBackend):
             read_sidecar(path).key,
             gpu_name=platform.gpu_name,
             compute_capability=platform.compute_capability,
+            multiprocessors=platform.multiprocessors,
             tensorrt_version=trt.__version__,
         )
         return check_engine(path, expected, data=data)
@@ -198,7 +201,7 @@ class TensorRTBackend(InferenceBackend):
             self._context,
             specs,
             allocate=lambda shape, dtype: torch.empty(shape, dtype=dtype, device=device),
-            stream_handle=lambda: torch.cuda.current_stream(device).cuda_stream,
+            stream=SideStream(device),
             device=device,
         )
 
@@ -222,9 +225,15 @@ class TensorRTBackend(InferenceBackend):
         if self._closed:
             return
         super().close()
+        self._release()
+
+    def _release(self) -> None:
+        """Free what exists of the bindings, context, engine and runtime, then the CUDA context."""
         with self._scope(self._cuda_device):
-            self._bindings.free()
+            if self._bindings is not None:
+                self._bindings.free()
             # Bindings, context, engine, runtime: each refers to the next, so release in order.
+            # Their streams and buffers belong to the pycuda context: gone before it is detached.
             self._bindings = None
             self._context = None
             self._engine = None

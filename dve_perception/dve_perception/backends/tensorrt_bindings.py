@@ -2,10 +2,10 @@
 
 `describe_io` lists an engine's tensors with the name-based API (`num_io_tensors`,
 `get_tensor_name`, `get_tensor_mode`, `get_tensor_shape`, `get_tensor_dtype`). `TorchBindings`
-binds torch tensors (CUDA in deployment, CPU in tests) and enqueues on a stream handle it is
-given; `PycudaBindings` stages through page-locked host buffers and pycuda device memory for
-deployments whose torch has no CUDA. Neither imports tensorrt or pycuda: the modules and
-objects come in as arguments.
+binds torch tensors (CUDA in deployment, CPU in tests) and enqueues through a `SideStream`, the
+engine's own CUDA stream ordered with the caller's; `PycudaBindings` stages through page-locked
+host buffers and pycuda device memory for deployments whose torch has no CUDA. Neither imports
+tensorrt or pycuda: the modules and objects come in as arguments.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dve_perception.errors import CheckpointError, DvePerceptionError, InputErro
 
 __all__ = [
     "PycudaBindings",
+    "SideStream",
     "TensorRTExecutionError",
     "TensorSpec",
     "TorchBindings",
@@ -90,6 +91,33 @@ def describe_io(engine: Any, trt: ModuleType) -> tuple[TensorSpec, ...]:
     return tuple(specs)
 
 
+class SideStream:
+    """The CUDA stream an engine runs on, ordered after and before the caller's stream.
+
+    TensorRT synchronises extra when enqueued on the legacy default stream (it warns "Using
+    default stream in enqueueV3() may lead to performance issues"), which is torch's current
+    stream unless the caller chose another. The engine runs on a stream of its own instead;
+    it waits for the work the caller queued (the inputs), and the caller's stream waits for the
+    engine, so whatever the caller does next with the outputs, or with the memory of inputs it
+    frees, comes after the engine on the GPU.
+
+    Args:
+        device: the CUDA device of the engine.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._stream = torch.cuda.Stream(device)
+
+    def enqueue(self, execute: Callable[[int], bool]) -> bool:
+        """Run `execute(stream_handle)` on the side stream between the two waits."""
+        caller = torch.cuda.current_stream(self._device)
+        self._stream.wait_stream(caller)
+        ok = execute(self._stream.cuda_stream)
+        caller.wait_stream(self._stream)
+        return ok
+
+
 class TorchBindings:
     """Binds torch tensors to an execution context by address and enqueues the engine.
 
@@ -97,7 +125,7 @@ class TorchBindings:
         context: a TensorRT `IExecutionContext`.
         specs: the engine's I/O (`describe_io`).
         allocate: returns an empty tensor of (shape, dtype) where the engine can write.
-        stream_handle: returns the CUDA stream handle to enqueue on.
+        stream: enqueues the engine (`SideStream` on CUDA).
         device: where inputs are moved before binding.
     """
 
@@ -106,16 +134,15 @@ class TorchBindings:
         context: Any,
         specs: tuple[TensorSpec, ...],
         allocate: Callable[[tuple[int, ...], torch.dtype], torch.Tensor],
-        stream_handle: Callable[[], int],
+        stream: SideStream,
         device: torch.device,
     ) -> None:
         self._context = context
         self._inputs = [s for s in specs if s.is_input]
         self._outputs = [s for s in specs if not s.is_input]
         self._allocate = allocate
-        self._stream_handle = stream_handle
+        self._stream = stream
         self._device = device
-        self._in_flight: dict[str, torch.Tensor] = {}
 
     def run(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Bind `feeds` (by input name), allocate the outputs, enqueue; return the outputs."""
@@ -132,16 +159,14 @@ class TorchBindings:
             tensor = self._allocate(_output_shape(self._context, spec.name), spec.dtype)
             _set_address(self._context, spec.name, tensor.data_ptr())
             outputs[spec.name] = tensor
-        if not self._context.execute_async_v3(self._stream_handle()):
+        # `inputs` may be freed when this returns: the caller's stream waits for the engine
+        # (SideStream), so no later work on it can reuse their memory before the engine read it.
+        if not self._stream.enqueue(self._context.execute_async_v3):
             raise TensorRTExecutionError("TensorRT execute_async_v3 failed; see its log above")
-        # The engine reads the inputs asynchronously: hold them until the next run, which is
-        # enqueued on the same stream after this one.
-        self._in_flight = inputs
         return outputs
 
     def free(self) -> None:
-        """Drop the inputs held for the last run."""
-        self._in_flight = {}
+        """Nothing to free: torch owns every buffer (kept for the bindings' common interface)."""
 
 
 class PycudaBindings:

@@ -21,7 +21,7 @@ from dve_perception.model.dveformer import TINY_TEST_CONFIG
 
 SIZE = (64, 96)
 DIM = TINY_TEST_CONFIG.embedding_dim  # 16; stride 1 (full resolution)
-PLATFORM = Platform("Orin", "8.7")
+PLATFORM = Platform("Orin", "8.7", 16)  # AGX Orin 64 GB
 
 
 def write_export_stub(

@@ -113,6 +113,43 @@ def test_a_foreign_timing_cache_is_replaced_by_an_empty_one(tmp_path, onnx_file,
     assert "does not fit this GPU/TensorRT; starting empty" in caplog.text
 
 
+@pytest.mark.parametrize("content", [b"", b"\x00truncated"])
+def test_an_unreadable_timing_cache_is_replaced_by_an_empty_one(
+    tmp_path, onnx_file, caplog, content
+):
+    # TensorRT returns no cache at all for bytes it cannot read (not a mismatch: a null).
+    trt = make_trt()
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"\x00truncated" if content else b"")
+    plan = tmp_path / "e.plan"
+    build(onnx_file, plan, trt, timing_cache=cache)
+    assert last_build(trt)["timing_cache_in"] == b""
+    assert ("starting empty" in caplog.text) == bool(content)
+    assert cache.read_bytes() == trt_fake.CACHE_MAGIC + b"10.3.0\ntimings;"
+    assert plan.is_file()
+
+
+def test_a_refused_optimisation_profile_is_a_build_error(tmp_path, onnx_file):
+    trt = make_trt()
+    trt._fake_state.profile_invalid = True
+    with pytest.raises(
+        EngineBuildError, match=r"refused the optimisation profile \(batch 1\.\.2\)"
+    ):
+        build(onnx_file, tmp_path / "e.plan", trt, max_batch=2)
+    assert not (tmp_path / "e.plan").exists()
+
+
+def test_builds_and_runtimes_share_one_tensorrt_logger(tmp_path, onnx_file):
+    from dve_perception.backends.engine_build import tensorrt_logger
+
+    trt = make_trt()
+    build(onnx_file, tmp_path / "a.plan", trt)
+    build(onnx_file, tmp_path / "b.plan", trt, precision="fp32")
+    loggers = {id(entry["logger"]) for entry in trt._fake_state.builds}
+    assert loggers == {id(tensorrt_logger(trt))}
+    assert tensorrt_logger(make_trt()) is not tensorrt_logger(trt)  # one per tensorrt module
+
+
 def test_parser_errors_are_reported_with_their_text(tmp_path, onnx_file):
     trt = make_trt()
     trt._fake_state.parse_errors = ["Unsupported operator GridSample", "Invalid weights"]

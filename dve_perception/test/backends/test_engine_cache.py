@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import sys
+import types
 
 import pytest
 import torch
@@ -34,6 +35,7 @@ SHA = "ab" * 32
 FIELDS = dict(
     gpu_name="Orin",
     compute_capability="8.7",
+    multiprocessors=16,
     tensorrt_version="10.3.0",
     onnx_sha256=SHA,
     precision="fp16",
@@ -57,7 +59,8 @@ def write_plan(tmp_path, key, content=b"plan bytes", name="m.plan"):
 def test_fingerprint_is_the_sha256_of_the_sorted_compact_json_of_the_fields(key):
     canonical = (
         '{"compute_capability":"8.7","gpu_name":"Orin","input_size":[64,96],"max_batch":1,'
-        f'"onnx_sha256":"{SHA}","precision":"fp16","tensorrt_version":"10.3.0"}}'
+        f'"multiprocessors":16,"onnx_sha256":"{SHA}","precision":"fp16",'
+        '"tensorrt_version":"10.3.0"}'
     )
     assert key.fingerprint() == hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -72,6 +75,7 @@ def test_fingerprint_ignores_the_order_fields_are_given_in(key):
 CHANGES = [
     ("gpu_name", "NVIDIA GeForce RTX 4090", "this machine has"),
     ("compute_capability", "8.9", "this machine has"),
+    ("multiprocessors", 8, "this machine has"),  # an AGX Orin's plan on an Orin NX
     ("tensorrt_version", "10.4.0", "this machine has"),
     ("onnx_sha256", "cd" * 32, "requested"),
     ("precision", "fp32", "requested"),
@@ -173,6 +177,7 @@ def test_a_missing_plan_is_a_missing_file_not_a_stale_one(tmp_path, key):
         ("input_size", (64,), r"input_size must be \(H, W\)"),
         ("input_size", (0, 64), r"input_size must be \(H, W\)"),
         ("max_batch", 0, "max_batch must be a positive integer"),
+        ("multiprocessors", 0, "multiprocessors must be a positive integer"),
     ],
 )
 def test_malformed_keys_are_refused(field, value, match):
@@ -220,7 +225,7 @@ def test_current_key_hashes_the_file_and_takes_the_size_from_its_metadata(tmp_pa
     path = tmp_path / "m.onnx"
     write_export_stub(path)
     key = current_key(
-        path, "fp32", trt_version="10.3.0", device_name="Orin", capability="8.7", max_batch=2
+        path, "fp32", trt_version="10.3.0", platform=Platform("Orin", "8.7", 16), max_batch=2
     )
     assert key.onnx_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (key.input_size, key.precision, key.max_batch) == (SIZE, "fp32", 2)
@@ -229,17 +234,22 @@ def test_current_key_hashes_the_file_and_takes_the_size_from_its_metadata(tmp_pa
 def test_platform_comes_from_torch_cuda_when_it_has_a_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: f"GPU{i}")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (8, 6 + i))
-    assert platform_info(1) == Platform("GPU1", "8.7")
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda i: types.SimpleNamespace(
+            name=f"GPU{i}", major=8, minor=6 + i, multi_processor_count=14 + i
+        ),
+    )
+    assert platform_info(1) == Platform("GPU1", "8.7", 15)
     with pytest.raises(ConfigError, match="CUDA device 2 requested, but there are 2"):
         platform_info(2)
 
 
 def test_platform_falls_back_to_pycuda_when_torch_has_no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    install(monkeypatch, pycuda_modules=make_pycuda("Orin", (8, 7)))
-    assert engine_cache.platform_info(0) == Platform("Orin", "8.7")
+    install(monkeypatch, pycuda_modules=make_pycuda("Orin", (8, 7), multiprocessors=14))
+    assert engine_cache.platform_info(0) == Platform("Orin", "8.7", 14)
 
 
 def test_no_gpu_anywhere_is_a_clear_error(monkeypatch):

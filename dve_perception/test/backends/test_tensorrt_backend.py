@@ -76,6 +76,7 @@ def test_close_frees_buffers_and_context_and_later_calls_fail(plan, gpu):
     backend.close()
     backend.close()  # idempotent
     assert (gpu[1].live_allocations, gpu[1].retained) == (0, 0)
+    assert gpu[1].dead_context_cleanups == 0
     with pytest.raises(InputError, match="was closed"):
         backend.infer(*inputs())
 
@@ -122,7 +123,8 @@ def test_an_engine_whose_outputs_disagree_with_its_sidecar_is_refused(tmp_path, 
     plan = build_plan(tmp_path, gpu[0], fused=FusedOutputs(normalize=True, publish_size=(8, 8)))
     with pytest.raises(CheckpointError, match="sidecar's export metadata declares"):
         TensorRTBackend(plan.plan_path, io="pycuda")
-    assert gpu[1].retained == 0
+    # The bindings (stream, buffers) made before the check went before the context did.
+    assert (gpu[1].retained, gpu[1].live_allocations, gpu[1].dead_context_cleanups) == (0, 0, 0)
 
 
 def test_without_tensorrt_the_error_says_how_to_install_it(tmp_path, monkeypatch):
@@ -166,6 +168,10 @@ def test_a_plan_from_another_tensorrt_version_is_stale(plan, gpu, monkeypatch):
 def test_a_plan_from_another_gpu_is_stale_and_names_both(plan, gpu, monkeypatch):
     install(monkeypatch, pycuda_modules=make_pycuda("NVIDIA GeForce RTX 4090", (8, 9)))
     with pytest.raises(StaleEngineError, match="gpu_name built for 'Orin'.*'8.7', this machine"):
+        TensorRTBackend(plan, io="pycuda")
+    # Same name and capability, another module (an Orin NX): still another GPU for the plan.
+    install(monkeypatch, pycuda_modules=make_pycuda("Orin", (8, 7), multiprocessors=8))
+    with pytest.raises(StaleEngineError, match="multiprocessors built for 16, this machine has 8"):
         TensorRTBackend(plan, io="pycuda")
 
 
@@ -220,12 +226,47 @@ def feeds(batch=1):
     return {"rgb": rgb, "depth": depth}
 
 
-def torch_bindings(context, specs, allocated):
+class RecordingStream:
+    """Stands in for `SideStream`: runs the engine with handle 42 and records what it ran."""
+
+    def __init__(self) -> None:
+        self.enqueued = 0
+
+    def enqueue(self, execute):
+        self.enqueued += 1
+        return execute(42)
+
+
+def torch_bindings(context, specs, allocated, stream=None):
     def allocate(shape, dtype):
         allocated.append(torch.empty(shape, dtype=dtype))
         return allocated[-1]
 
-    return TorchBindings(context, specs, allocate, lambda: 42, torch.device("cpu"))
+    stream = stream or RecordingStream()
+    return TorchBindings(context, specs, allocate, stream, torch.device("cpu"))
+
+
+def test_side_stream_waits_for_the_caller_runs_the_engine_then_makes_the_caller_wait(
+    monkeypatch,
+):
+    from dve_perception.backends.tensorrt_bindings import SideStream
+
+    events = []
+
+    class FakeStream:
+        def __init__(self, name, handle):
+            self.name, self.cuda_stream = name, handle
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits for {other.name}")
+
+    caller = FakeStream("caller", 0)  # torch's default stream: handle 0
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream("engine", 7))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: caller)
+    stream = SideStream(torch.device("cuda", 0))
+    assert stream.enqueue(lambda handle: events.append(f"run on {handle}") or True)
+    assert events == ["engine waits for caller", "run on 7", "caller waits for engine"]
+    assert not stream.enqueue(lambda handle: False)  # TensorRT's failure is passed on
 
 
 def test_torch_bindings_pass_addresses_shapes_and_dtypes_to_the_context():
