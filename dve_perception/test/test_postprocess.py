@@ -172,7 +172,9 @@ def test_scores_and_segmentation_on_cuda_match_cpu(generator):
     cpu = segment(class_scores(embedding, prototypes), (12, 16))
     gpu = segment(class_scores(embedding.cuda(), prototypes), (12, 16))
     assert gpu.labels.device.type == "cuda"
-    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-5, rtol=0)
+    # cuDNN's 1x1 convolution runs in TF32 by default (as in the official code on such GPUs):
+    # inputs rounded to 10-bit mantissas move a cosine of unit vectors by at most ~2^-10.
+    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-3, rtol=0)
     # Labels agree except possibly where two classes tie within float rounding.
     assert (gpu.labels.cpu() == cpu.labels).float().mean() > 0.99
 

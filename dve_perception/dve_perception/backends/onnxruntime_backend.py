@@ -188,8 +188,7 @@ def _io_device(providers: list) -> torch.device:
     first = providers[0]
     if first == _CPU_PROVIDER or not torch.cuda.is_available():
         return torch.device("cpu")
-    options = first[1] if isinstance(first, tuple) else {}
-    return torch.device("cuda", int(options.get("device_id", 0)))
+    return torch.device("cuda", int(first[1]["device_id"]))
 
 
 def _providers(device: str, available: list[str]) -> list:
@@ -205,5 +204,6 @@ def _providers(device: str, available: list[str]) -> list:
             f"lacks (it has {available}); pip install onnxruntime-gpu in place of onnxruntime, "
             "or use device cpu"
         )
-    cuda = (_CUDA_PROVIDER, {"device_id": int(index)}) if index else _CUDA_PROVIDER
-    return [cuda, _CPU_PROVIDER]
+    # fp32 means fp32, as on the torch and TensorRT backends: the provider's TF32 default off.
+    options = {"device_id": int(index or 0), "use_tf32": 0}
+    return [(_CUDA_PROVIDER, options), _CPU_PROVIDER]

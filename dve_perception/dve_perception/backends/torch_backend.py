@@ -102,15 +102,14 @@ class TorchBackend(InferenceBackend):
                     "cuda", dtype=torch.float16, cache_enabled=not self.cuda_graphs
                 ):
                     raw = self._graph.model(rgb, depth)
-            elif self.device.type == "cuda":
-                # fp32 means fp32: cuDNN convolutions default to TF32 on Ampere and newer GPUs
-                # (Orin included), which would make "fp32" differ from the CPU and from a
-                # TensorRT fp32 engine (built with TF32 off) by ~1e-3.
+                return self._graph.heads(raw)
+            if self.device.type == "cuda":
+                # fp32 means fp32, heads (a 1x1 convolution) included: cuDNN convolutions default
+                # to TF32 on Ampere and newer GPUs (Orin included), which would make "fp32"
+                # differ from the CPU and from a TensorRT fp32 engine (TF32 off) by ~1e-3.
                 with _no_tf32():
-                    raw = self._graph.model(rgb, depth)
-            else:
-                raw = self._graph.model(rgb, depth)
-            return self._graph.heads(raw)
+                    return self._graph.heads(self._graph.model(rgb, depth))
+            return self._graph.heads(self._graph.model(rgb, depth))
 
     def _replay(self, rgb: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self._captured is None or not self._captured.fits(rgb, depth):
@@ -128,18 +127,28 @@ class TorchBackend(InferenceBackend):
 
 @contextlib.contextmanager
 def _no_tf32() -> Iterator[None]:
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(
-            enabled=torch.backends.cudnn.enabled,
-            benchmark=torch.backends.cudnn.benchmark,
-            deterministic=torch.backends.cudnn.deterministic,
-            allow_tf32=False,
-        ):
+    """IEEE float32 for cuBLAS matmuls and cuDNN convolutions inside, the caller's settings after.
+
+    The settings are process-wide, so other threads see them while a frame runs (they only
+    become more exact). torch 2.9 added per-backend `fp32_precision` settings; once a process
+    has set those, reading the legacy `allow_tf32` flags raises, so the new ones are used
+    wherever they exist.
+    """
+    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(matmul, "fp32_precision"):
+        saved = matmul.fp32_precision, conv.fp32_precision
+        matmul.fp32_precision = conv.fp32_precision = "ieee"
+        try:
             yield
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = saved
+        return
+    allowed = matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+        matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = allowed
 
 
 def _check_options(device: torch.device, precision: str, cuda_graphs: bool) -> None:
@@ -180,7 +189,9 @@ class _CapturedGraph:
                     run(self.static_rgb, self.static_depth)
             torch.cuda.current_stream(rgb.device).wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=stream):
+            # thread_local: CUDA calls of other threads (a node's map queries) neither break
+            # the capture nor fail because of it.
+            with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
                 self.static_outputs = run(self.static_rgb, self.static_depth)
         except RuntimeError as err:
             raise ConfigError(

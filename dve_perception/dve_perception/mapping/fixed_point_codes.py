@@ -62,18 +62,34 @@ def int8_products(columns: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     global _int_mm_missing
     c, m = columns.shape[0], rows.shape[0]
     if not _int_mm_missing:
-        left, right = columns, rows
-        if rows.is_cuda and c < _MIN_ROWS:  # cuBLASLt's limits; a CPU needs no padding
+        left = columns
+        if _cublaslt_limits(rows) and c < _MIN_ROWS:  # a CPU needs no padding
             left = columns.new_zeros(_MIN_ROWS, columns.shape[1])
             left[:c] = columns
-        if rows.is_cuda and m % _ALIGN:
-            right = rows.new_zeros(m + _ALIGN - m % _ALIGN, rows.shape[1])
-            right[:m] = rows
+        # cuBLASLt takes a row count that is a multiple of 8: the aligned prefix of the rows is
+        # a view, the last few rows go through the exact float path (padding would copy all).
+        aligned = m - m % _ALIGN if _cublaslt_limits(rows) else m
         try:
-            return torch._int_mm(left, right.T)[:c, :m]
+            products = torch._int_mm(left, rows[:aligned].T)[:c] if aligned else None
+        except torch.OutOfMemoryError:
+            raise
         except (AttributeError, RuntimeError, NotImplementedError) as err:
             _int_mm_missing = True
             _LOG.warning("torch._int_mm unavailable (%s); scoring int8 rows in float32", err)
+        else:
+            if aligned == m:
+                return products
+            rest = _float_products(columns, rows[aligned:])
+            return rest if products is None else torch.cat([products, rest], dim=1)
+    return _float_products(columns, rows)
+
+
+def _cublaslt_limits(rows: torch.Tensor) -> bool:
+    """Whether `_int_mm` on this tensor's device has cuBLASLt's shape limits (CUDA does)."""
+    return rows.is_cuda
+
+
+def _float_products(columns: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     # Exact: a column sums at most 2 * MAX_PART products of at most 128 * 128 < 2^24.
     return (columns.to(torch.float32) @ rows.to(torch.float32).T).to(torch.int32)
 

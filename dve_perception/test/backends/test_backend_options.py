@@ -172,6 +172,33 @@ def test_torch_backend_on_missing_cuda_is_a_config_error():
         TorchBackend(tiny_model(), "cuda")
 
 
+@pytest.mark.parametrize("matmul_before", ["tf32", "ieee", "none"])
+def test_fp32_on_cuda_turns_tf32_off_with_the_settings_a_process_may_have_chosen(matmul_before):
+    from dve_perception.backends.torch_backend import _no_tf32
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    original = matmul.fp32_precision, conv.fp32_precision
+    try:
+        # A process that chose TF32 with torch's new settings: the legacy flags would now raise.
+        matmul.fp32_precision, conv.fp32_precision = matmul_before, "tf32"
+        with _no_tf32():
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        assert (matmul.fp32_precision, conv.fp32_precision) == (matmul_before, "tf32")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = original
+
+
+def test_fp32_on_cuda_uses_the_legacy_tf32_flags_on_a_torch_without_the_new_ones(monkeypatch):
+    from dve_perception.backends.torch_backend import _no_tf32
+
+    legacy = types.SimpleNamespace(allow_tf32=True)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", legacy)
+    monkeypatch.setattr(torch.backends, "cudnn", types.SimpleNamespace(allow_tf32=True))
+    with _no_tf32():
+        assert not legacy.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert legacy.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
 def test_channels_last_on_the_cpu_changes_the_layout_not_the_result():
     rgb, depth = _inputs()
     reference = TorchBackend(tiny_model(), channels_last=False).infer(rgb, depth)
@@ -202,22 +229,26 @@ def test_onnxruntime_cuda_needs_the_gpu_package(fused_file, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("provider", "torch_has_cuda", "expected"),
+    ("device", "torch_has_cuda", "expected"),
     [
-        ("CPUExecutionProvider", True, "cpu"),
-        ("CUDAExecutionProvider", True, "cuda:0"),
-        (("CUDAExecutionProvider", {"device_id": 1}), True, "cuda:1"),
+        ("cpu", True, "cpu"),
+        ("cuda", True, "cuda:0"),
+        ("cuda:1", True, "cuda:1"),
         # onnxruntime-gpu next to a CPU-only torch: host buffers, ONNX Runtime copies.
-        ("CUDAExecutionProvider", False, "cpu"),
+        ("cuda:1", False, "cpu"),
     ],
 )
 def test_onnxruntime_binds_its_tensors_on_the_provider_gpu_when_torch_can_hold_them(
-    monkeypatch, provider, torch_has_cuda, expected
+    monkeypatch, device, torch_has_cuda, expected
 ):
-    from dve_perception.backends.onnxruntime_backend import _io_device
+    from dve_perception.backends.onnxruntime_backend import _io_device, _providers
 
+    providers = _providers(device, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    if device != "cpu":  # fp32 without TF32, as on the other backends
+        options = {"device_id": int(device.partition(":")[2] or 0), "use_tf32": 0}
+        assert providers == [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: torch_has_cuda)
-    assert _io_device([provider, "CPUExecutionProvider"]) == torch.device(expected)
+    assert _io_device(providers) == torch.device(expected)
 
 
 def test_onnxruntime_refuses_a_graph_whose_axes_after_the_batch_are_not_fixed(fused_file, tmp_path):

@@ -93,6 +93,31 @@ def test_the_float32_fallback_and_small_row_counts_give_identical_scores(monkeyp
     assert torch.equal(codes.scores(rows, *terms), with_int_mm)
 
 
+@pytest.mark.parametrize("count", [3, 8, 61, 64])
+def test_rows_beyond_a_multiple_of_8_on_cublaslt_are_scored_exactly_too(monkeypatch, count):
+    # On CUDA the aligned prefix goes to _int_mm and the last count % 8 rows to the float path;
+    # the shape limits are switched on here to run that split on the CPU.
+    codes = FixedPointCodes(40, 8)
+    rows = _encoded(codes, _values(count, 40, seed=5))
+    terms = codes.query_columns(torch.randn(2, 40, generator=torch.Generator().manual_seed(6)))
+    expected = codes.scores(rows, *terms)
+    monkeypatch.setattr(fixed_point, "_cublaslt_limits", lambda rows: True)
+    assert torch.equal(codes.scores(rows, *terms), expected)
+
+
+def test_running_out_of_memory_is_raised_and_keeps_the_integer_product(monkeypatch):
+    def out_of_memory(left, right):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    codes = FixedPointCodes(40, 8)
+    rows = _encoded(codes, _values(64, 40))
+    terms = codes.query_columns(torch.randn(2, 40, generator=torch.Generator().manual_seed(6)))
+    monkeypatch.setattr(torch, "_int_mm", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        codes.scores(rows, *terms)
+    assert not fixed_point._int_mm_missing  # not mistaken for a missing operator
+
+
 def _axis_storage(cap: float = 50.0, head: int = 4, k: int = 8) -> VoxelEmbeddingMap:
     """An empty pca_int storage whose basis is the first k coordinate axes."""
     config = MapConfig(
