@@ -72,9 +72,9 @@ def fit_pca(
     """
     if max_samples < 1:
         raise InputError(f"max_samples must be at least 1, got {max_samples}")
-    pixels = _pixels(embedding, normalize)  # (N, C)
+    pixels = _pixels(embedding)  # (N, C)
     step = math.ceil(pixels.shape[0] / max_samples)
-    sample = pixels[::step]
+    sample = normalize_embedding(pixels[::step], dim=1) if normalize else pixels[::step]
     mean = sample.mean(dim=0)
     centred = sample - mean
     # The C x C covariance is small (768 x 768) and eigh on it is deterministic, unlike
@@ -109,14 +109,21 @@ def pca_colors(embedding: torch.Tensor, basis: PcaBasis | None = None) -> np.nda
     """
     if basis is None:
         basis = fit_pca(embedding)
-    pixels = _pixels(embedding, basis.normalize)  # (N, C)
+    pixels = _pixels(embedding)  # (N, C), a view of the image where its layout allows
     if pixels.shape[1] != basis.mean.shape[0]:
         raise InputError(
             f"the embedding has {pixels.shape[1]} channels but the PCA basis was fitted on "
             f"{basis.mean.shape[0]}"
         )
     device = pixels.device
-    projected = (pixels - basis.mean.to(device)) @ basis.components.to(device)  # (N, 3)
+    components = basis.components.to(device)
+    # (p / |p| - mean) @ V as (p @ V) / |p| - mean @ V: no normalised or centred (N, C) copy,
+    # which at full resolution is a pass over 0.9 GB each.
+    projected = pixels @ components  # (N, 3)
+    if basis.normalize:
+        norms = torch.linalg.vector_norm(pixels, dim=1, keepdim=True)
+        projected /= norms.clamp_min(_NORM_EPS)
+    projected -= basis.mean.to(device) @ components
     low, high = basis.low.to(device), basis.high.to(device)
     unit = ((projected - low) / (high - low).clamp_min(_NORM_EPS)).clamp(0.0, 1.0)
     h, w = embedding.shape[-2:]
@@ -250,7 +257,7 @@ def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.5) -> np.ndar
     return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
 
 
-def _pixels(embedding: torch.Tensor, normalize: bool) -> torch.Tensor:
+def _pixels(embedding: torch.Tensor) -> torch.Tensor:
     """Validate an embedding image and return its pixels as (h * w, C) float32."""
     if not isinstance(embedding, torch.Tensor) or not embedding.is_floating_point():
         raise InputError(f"embedding must be a floating-point tensor, got {_describe(embedding)}")
@@ -264,8 +271,7 @@ def _pixels(embedding: torch.Tensor, normalize: bool) -> torch.Tensor:
         raise InputError(
             f"embedding needs at least 3 channels and one pixel, got {tuple(embedding.shape)}"
         )
-    pixels = embedding.detach().to(torch.float32).flatten(1).T  # (h * w, C)
-    return normalize_embedding(pixels, dim=1) if normalize else pixels
+    return embedding.detach().to(torch.float32).flatten(1).T  # (h * w, C)
 
 
 def _describe(x: object) -> str:

@@ -48,6 +48,23 @@ def test_pca_colors_separate_distinct_regions_and_differ_across_embeddings():
     assert np.abs(colors - pca_colors(_two_region_embedding(1)).astype(int)).mean() > 1
 
 
+def test_pca_colors_are_the_normalised_centred_projection_in_any_memory_layout():
+    embedding = _two_region_embedding(2) * torch.linspace(0.5, 3.0, 32)  # raw norms vary
+    basis = fit_pca(embedding)
+    pixels = embedding.flatten(1).T
+    unit = pixels / pixels.norm(dim=1, keepdim=True)
+    projected = (unit.double() - basis.mean.double()) @ basis.components.double()
+    scaled = (projected - basis.low.double()) / (basis.high - basis.low).double()
+    expected = (scaled.clamp(0, 1) * 255).round().reshape(24, 32, 3).numpy()
+    colors = pca_colors(embedding, basis)
+    assert np.abs(colors.astype(int) - expected).max() <= 1  # rounding at .5 boundaries
+    assert (colors == expected).mean() > 0.99
+    channel_last = embedding[None].contiguous(memory_format=torch.channels_last)[0]
+    assert channel_last.stride(0) == 1
+    other = pca_colors(channel_last, basis).astype(int)  # summed in another order
+    assert np.abs(other - colors).max() <= 1 and (other == colors).mean() > 0.99
+
+
 def test_fitted_basis_keeps_colours_consistent_across_frames():
     first = _two_region_embedding(0)
     basis = fit_pca(first)

@@ -133,13 +133,13 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def _buffer(self, tensor: torch.Tensor) -> tuple[str, int, Any, tuple[int, ...], int]:
         """(device type, device id, element type, shape, address): what a binding takes."""
-        element_type = _NUMPY_DTYPES[tensor.dtype]
+        dtype = _NUMPY_DTYPES[tensor.dtype]
         return (
             self.device.type,
             self.device.index or 0,
-            element_type,
+            dtype,
             tuple(tensor.shape),
-            (tensor.data_ptr()),
+            tensor.data_ptr(),
         )
 
     def close(self) -> None:
