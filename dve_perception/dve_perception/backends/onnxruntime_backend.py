@@ -26,11 +26,11 @@ class OnnxRuntimeBackend(InferenceBackend):
     outputs (`fused_outputs`); `infer_outputs` returns all of them and `infer` the main
     embedding as float32 (only that output is fetched).
 
-    Inputs and outputs are torch tensors bound to the session by address (ONNX Runtime's I/O
-    binding), on `device`: with the CUDA provider and a CUDA torch that is the GPU, so the
+    With the CUDA provider and a CUDA torch, `device` is the GPU: inputs and outputs are torch
+    CUDA tensors bound to the session by address (ONNX Runtime's I/O binding), so the
     pipeline's pre- and postprocessing stay there and nothing is copied to the host that the
-    caller does not copy itself. With the CUDA provider but a CPU-only torch, `device` is the
-    CPU and ONNX Runtime copies inputs in and outputs out.
+    caller does not copy itself. Otherwise (the CPU provider, or CUDA next to a CPU-only torch)
+    `device` is the CPU and outputs are host tensors sharing ONNX Runtime's arrays.
 
     Args:
         path: the exported `.onnx` file.
@@ -92,9 +92,10 @@ class OnnxRuntimeBackend(InferenceBackend):
             fused=self.metadata.fused,
         )
         self.providers = tuple(self._session.get_providers())
+        self._bind_io = self.device.type == "cuda"
 
     def _infer_impl(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
-        # Bind the main output only: ONNX Runtime computes and fills what is bound.
+        # Fetch the main output only: ONNX Runtime computes what is asked for.
         return self._run(rgb, depth, (OUTPUT_NAME,))[OUTPUT_NAME].float()
 
     def _infer_outputs_impl(
@@ -103,6 +104,20 @@ class OnnxRuntimeBackend(InferenceBackend):
         return self._run(rgb, depth, self.output_names)
 
     def _run(
+        self, rgb: torch.Tensor, depth: torch.Tensor, names: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        if self._bind_io:
+            return self._run_bound(rgb, depth, names)
+        # Host memory: outputs come from ONNX Runtime's arena as arrays torch shares. Binding
+        # freshly allocated host tensors instead measured 1.6x slower at full resolution.
+        feeds = {
+            name: np.ascontiguousarray(tensor.detach().cpu().numpy())
+            for name, tensor in (("rgb", rgb), ("depth", depth))
+        }
+        values = self._session.run(list(names), feeds)
+        return {name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}
+
+    def _run_bound(
         self, rgb: torch.Tensor, depth: torch.Tensor, names: tuple[str, ...]
     ) -> dict[str, torch.Tensor]:
         binding = self._session.io_binding()

@@ -251,6 +251,21 @@ def test_onnxruntime_binds_its_tensors_on_the_provider_gpu_when_torch_can_hold_t
     assert _io_device(providers) == torch.device(expected)
 
 
+def test_onnxruntime_io_binding_gives_what_a_plain_run_gives(fused_file):
+    # The path the CUDA provider takes (torch tensors bound by address), run on the CPU here.
+    plain, bound = OnnxRuntimeBackend(fused_file), OnnxRuntimeBackend(fused_file)
+    assert not plain._bind_io
+    bound._bind_io = True
+    rgb, depth = _inputs(batch=2)
+    strided = rgb.contiguous(memory_format=torch.channels_last)  # bound by address: made dense
+    expected = plain.infer_outputs(rgb, depth)
+    outputs = bound.infer_outputs(strided, depth)
+    assert list(outputs) == list(expected)
+    for name, value in expected.items():
+        assert outputs[name].dtype == value.dtype and torch.equal(outputs[name], value), name
+    assert torch.equal(bound.infer(rgb, depth), plain.infer(rgb, depth))
+
+
 def test_onnxruntime_refuses_a_graph_whose_axes_after_the_batch_are_not_fixed(fused_file, tmp_path):
     import onnx
 
