@@ -157,7 +157,7 @@ def _end_to_end_case(spec: dict) -> tuple:
     from dve_perception.node_logic.perception_worker import PerceptionWorker
     from dve_perception.pipeline import PerceptionPipeline
 
-    backend = _backend({**spec, "backend": spec.get("runs", "torch")})
+    backend = _backend({**spec, "backend": "torch"})
     names = [f"class {i}" for i in range(N_CLASSES)]
     config = PerceptionNodeConfig(device=spec["device"], embedding_rate_hz=0.0)
     worker = PerceptionWorker(PerceptionPipeline(backend), _prototypes(), names, config)
