@@ -84,7 +84,7 @@ def _model(variant: str):
 
 
 def _fused(variant: str, on: bool):
-    from dve_perception.backends.fused_outputs import FusedOutputs
+    from dve_perception.perception.backends.fused_outputs import FusedOutputs
 
     if not on:
         return FusedOutputs()
@@ -116,7 +116,7 @@ def _backend(spec: dict):
     """The backend a case spec describes."""
     fused = _fused(spec["variant"], spec.get("fused", False))
     if spec["backend"] == "torch":
-        from dve_perception.backends.torch_backend import TorchBackend
+        from dve_perception.perception.backends.torch_backend import TorchBackend
 
         return TorchBackend(
             _model(spec["variant"]),
@@ -128,10 +128,10 @@ def _backend(spec: dict):
             prototypes=_prototypes() if fused.num_classes else None,
         )
     if spec["backend"] == "onnxruntime":
-        from dve_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
+        from dve_perception.perception.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(spec["onnx"], device=spec["device"])
-    from dve_perception.backends.tensorrt_backend import TensorRTBackend
+    from dve_perception.perception.backends.tensorrt_backend import TensorRTBackend
 
     return TensorRTBackend(spec["engine"], device=spec["device"])
 
@@ -238,7 +238,7 @@ def _subprocess(spec: dict) -> dict:
 
 
 def _export(variant: str, fused: bool, folder: Path) -> str:
-    from dve_perception.backends.onnx_export import export_onnx
+    from dve_perception.perception.backends.onnx_export import export_onnx
 
     path = folder / f"{variant}{'_fused' if fused else ''}.onnx"
     start = time.perf_counter()
@@ -332,7 +332,7 @@ def _gpu_cases(variant: str, repeats: int, folder: Path, engine_cache: Path) -> 
     ort_spec = {**base, "backend": "onnxruntime", "onnx": onnx}
     cases.append(("onnxruntime CUDA fp32", ort_spec if has_ort_cuda else "no CUDA provider", False))
     if has_trt:
-        from dve_perception.backends.engine_build import ensure_engine
+        from dve_perception.perception.backends.engine_build import ensure_engine
 
         cached = ensure_engine(onnx, engine_cache, precision="fp16")
         if cached.built:

@@ -33,8 +33,8 @@ from _mapping_scene import machine_line, print_table
 
 from dve_perception.mapping import EmbeddingMap
 from dve_perception.model.generated_weights import build_generated
-from dve_perception.pipeline import PerceptionPipeline
-from dve_perception.replay import ReplayOptions, run_replay
+from dve_perception.perception.pipeline import PerceptionPipeline
+from dve_perception.replay.replay_loop import ReplayOptions, run_replay
 from dve_perception.simulation import (
     make_room_scene,
     orbit_trajectory,
@@ -121,7 +121,7 @@ def main() -> None:
 
 
 def _torch_backend():
-    from dve_perception.backends import make_backend
+    from dve_perception.perception.backends import make_backend
 
     return make_backend("torch", model=build_generated("reducedres"))
 

@@ -42,9 +42,14 @@ setup(
     description="Open-vocabulary 3D scene understanding with DVEFormer for ROS 2 robots",
     license="Apache-2.0",
     python_requires=">=3.10",
+    # src layout: the library lives in src/dve_perception, so this folder (named like the package
+    # for colcon) is never mistaken for it. From the repository root, Python would otherwise import
+    # ./dve_perception as an empty namespace package ahead of the installed one; with src/,
+    # setuptools' editable install is a plain path entry, which a real package always wins over.
+    package_dir={"": "src"},
     # Namespace discovery so the data folders count as package directories (setuptools warns
     # about data-only subfolders otherwise); tests and build outputs stay out.
-    packages=find_namespace_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    packages=find_namespace_packages(where="src", include=[PACKAGE, f"{PACKAGE}.*"]),
     package_data={PACKAGE: ["data/*", "data/*/*"]},
     include_package_data=True,
     data_files=[
@@ -64,7 +69,7 @@ setup(
     zip_safe=False,
     entry_points={
         "console_scripts": [
-            "dve-perception = dve_perception.cli:main",
+            "dve-perception = dve_perception.cli.main:main",
             "perception_node = dve_perception.ros.entry_points:perception_node",
             "mapping_node = dve_perception.ros.entry_points:mapping_node",
             "dve_perception_node = dve_perception.ros.entry_points:combined_node",

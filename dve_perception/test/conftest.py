@@ -36,6 +36,24 @@ _MARKER_REQUIREMENTS = {
 }
 
 
+#: Registered here rather than in pytest.ini, which pytest reads only when it starts in this folder:
+#: from the repository root the suite must mark, skip and fail on deprecations the same way.
+MARKERS = {
+    "ros": "needs ROS 2 (rclpy); skipped elsewhere",
+    "tensorrt": "needs the tensorrt Python module; skipped elsewhere",
+    "gpu": "needs a CUDA device visible to torch; skipped elsewhere",
+    "slow": "real-size model or long runs (still part of the default suite)",
+}
+WARNING_FILTERS = ("error::DeprecationWarning:dve_perception.*",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    for warning_filter in WARNING_FILTERS:
+        config.addinivalue_line("filterwarnings", warning_filter)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for marker, (available, reason) in _MARKER_REQUIREMENTS.items():
         if available():
@@ -104,7 +122,7 @@ def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small text tower with the real 768-d projection and the real tokenizer files."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from dve_perception.clip_model_files import CLIP_VIT_L14_TEXT_CONFIG, write_tokenizer_files
+    from dve_perception.text.clip_model_files import CLIP_VIT_L14_TEXT_CONFIG, write_tokenizer_files
 
     folder = tmp_path_factory.mktemp("text") / "clip-vit-large-patch14-336"
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)

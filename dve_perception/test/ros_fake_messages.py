@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dve_perception.message_types import rosbags_message_types
+from dve_perception.messages.message_types import rosbags_message_types
 
 __all__ = ["INTERFACES_DIR", "FakeMessages", "FakeService", "fake_messages"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dve_perception.message_types import rosbags_message_types
+from dve_perception.messages.message_types import rosbags_message_types
 
 INTERFACES_DIR = Path(__file__).parents[2] / "dve_perception_interfaces"
 DISTROS = ("humble", "jazzy")

@@ -11,7 +11,7 @@ from PIL import Image
 from dve_perception.errors import InputError
 from dve_perception.images import read_depth, read_rgb, write_png
 
-SAMPLE = Path(__file__).parents[1] / "dve_perception" / "data" / "sample"
+SAMPLE = Path(__file__).parents[1] / "src" / "dve_perception" / "data" / "sample"
 
 
 def test_sample_frame_reads_as_rgb_uint8_and_depth_uint16_mm():

@@ -36,7 +36,7 @@ FORBIDDEN = [
     "onnxscript",
 ]
 # Adapters that may import ROS / TensorRT themselves.
-ADAPTER_PREFIXES = ("dve_perception.ros", "dve_perception.backends.tensorrt")
+ADAPTER_PREFIXES = ("dve_perception.ros", "dve_perception.perception.backends.tensorrt")
 
 
 def core_modules() -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from dve_perception.node_config import MappingNodeConfig, PerceptionNodeConfig
-from dve_perception.parameters import parameter_specs
+from dve_perception.settings.node_config import MappingNodeConfig, PerceptionNodeConfig
+from dve_perception.settings.parameters import parameter_specs
 
 LAUNCH = Path(__file__).parents[1] / "launch" / "robot.launch.py"
 

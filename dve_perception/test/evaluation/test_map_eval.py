@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dve_perception.cli import main
+from dve_perception.cli.main import main
 from dve_perception.errors import InputError
 from dve_perception.evaluation.map_eval import (
     VoxelLabels,
@@ -21,7 +21,7 @@ from dve_perception.evaluation.map_eval import (
 from dve_perception.images import write_png
 from dve_perception.mapping import EmbeddingMap, MapConfig
 from dve_perception.mapping.voxel_hash import pack_voxel_keys
-from dve_perception.replay import ReplayOptions, run_replay
+from dve_perception.replay.replay_loop import ReplayOptions, run_replay
 from dve_perception.simulation import (
     LabelColorEmbedder,
     LabelTextEncoder,
@@ -33,7 +33,7 @@ from dve_perception.simulation import (
     voxel_label_majority,
 )
 from dve_perception.sources.folder import FolderSource, write_folder_recording
-from dve_perception.trajectory import format_seconds
+from dve_perception.sources.trajectory import format_seconds
 
 H, W = 96, 128
 VOXEL_M = 0.05
@@ -314,7 +314,8 @@ def labelled_recording(room, tmp_path, monkeypatch):
     )
     encoder = LabelTextEncoder(scene)
     monkeypatch.setattr(
-        "dve_perception.installed_models.resolve_text_encoder", lambda *_: (encoder, "oracle", True)
+        "dve_perception.installed.models_folder.resolve_text_encoder",
+        lambda *_: (encoder, "oracle", True),
     )
     return recording, tmp_path / "out" / "map.dvemap"
 

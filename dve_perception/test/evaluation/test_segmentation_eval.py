@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from dve_perception.cli import main
+from dve_perception.cli.main import main
+from dve_perception.datasets.rgbd_dataset import RGBDDataset
+from dve_perception.datasets.synthetic_dataset import write_synthetic_dataset
 from dve_perception.errors import InputError
 from dve_perception.evaluation.segmentation_eval import evaluate_segmentation
 from dve_perception.frames import EmbeddingFrame, RGBDFrame, to_embedding_frame
-from dve_perception.training.dataset import RGBDDataset
-from dve_perception.training.synthetic_dataset import write_synthetic_dataset
 
 DIM = 8
 
@@ -80,9 +80,9 @@ def test_linear_probing_uses_the_head_without_normalising_it(dataset: RGBDDatase
 def test_the_tiny_model_pipeline_runs_through_the_evaluation(
     dataset: RGBDDataset, tiny_model: torch.nn.Module
 ) -> None:
-    from dve_perception.backends import make_backend
-    from dve_perception.pipeline import PerceptionPipeline
-    from dve_perception.preprocess import PreprocessConfig
+    from dve_perception.perception.backends import make_backend
+    from dve_perception.perception.pipeline import PerceptionPipeline
+    from dve_perception.perception.preprocess import PreprocessConfig
 
     pipeline = PerceptionPipeline(
         make_backend("torch", model=tiny_model), PreprocessConfig(height=32, width=64)
@@ -109,7 +109,7 @@ def test_bad_mode_and_prototype_count_are_rejected(dataset: RGBDDataset) -> None
 def test_cli_prints_json_with_a_prototype_file(
     dataset: RGBDDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import dve_perception.perception_setup as setup
+    import dve_perception.perception.pipeline_setup as setup
 
     prototypes = torch.eye(3, DIM)
     monkeypatch.setattr(
@@ -161,7 +161,7 @@ def _write_eye_targets(dataset: RGBDDataset, folder: Path, drop_class: int) -> N
 def test_cli_computes_visual_mean_prototypes_from_a_targets_folder(
     dataset: RGBDDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import dve_perception.perception_setup as setup
+    import dve_perception.perception.pipeline_setup as setup
 
     # Targets give wall and floor their one-hot vectors; the chair has none and takes the text
     # prototype. An oracle emitting one-hot vectors then scores mIoU 1 only if both sources are

@@ -15,7 +15,7 @@ from dve_perception.mapping.query import (
     relevancy,
 )
 from dve_perception.mapping.voxel_hash import pack_voxel_keys
-from dve_perception.visualization import heat_colors
+from dve_perception.perception.visualization import heat_colors
 
 DIM = 16
 

@@ -10,8 +10,8 @@ import torch
 
 from dve_perception.frames import EmbeddingFrame
 from dve_perception.mapping import EmbeddingMap, MapConfig
-from dve_perception.node_config import MappingNodeConfig
 from dve_perception.node_logic import MapService
+from dve_perception.settings.node_config import MappingNodeConfig
 
 DIM = 16
 K = np.array([[40.0, 0.0, 19.5], [0.0, 40.0, 9.5], [0.0, 0.0, 1.0]])

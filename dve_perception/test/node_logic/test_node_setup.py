@@ -9,20 +9,20 @@ import pytest
 import torch
 
 from dve_perception.errors import BackendUnavailableError, CheckpointError, DvePerceptionError
-from dve_perception.node_config import MappingNodeConfig, PerceptionNodeConfig
 from dve_perception.node_logic import (
     build_map,
     build_network,
     build_text_encoder,
     class_names,
 )
+from dve_perception.settings.node_config import MappingNodeConfig, PerceptionNodeConfig
 
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    from dve_perception.backends.onnx_export import export_onnx
     from dve_perception.model import build_dveformer
     from dve_perception.model.dveformer import TINY_TEST_CONFIG
+    from dve_perception.perception.backends.onnx_export import export_onnx
 
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     export_onnx(build_dveformer(TINY_TEST_CONFIG), path, height=64, width=96)

@@ -8,9 +8,9 @@ import torch
 
 from dve_perception.errors import InputError
 from dve_perception.frames import RGBDFrame, to_embedding_frame
-from dve_perception.msg_conversions import ns_to_stamp_fields
-from dve_perception.node_config import PerceptionNodeConfig
+from dve_perception.messages.conversions import ns_to_stamp_fields
 from dve_perception.node_logic import PerceptionWorker, frame_from_messages
+from dve_perception.settings.node_config import PerceptionNodeConfig
 
 H, W = 8, 12
 K = np.array([[10.0, 0.0, 5.5], [0.0, 10.0, 3.5], [0.0, 0.0, 1.0]])
@@ -214,8 +214,8 @@ def test_prototypes_must_match_the_class_names():
 
 
 def test_the_real_pipeline_runs_through_the_worker(tiny_model):
-    from dve_perception.backends import make_backend
-    from dve_perception.pipeline import PerceptionPipeline
+    from dve_perception.perception.backends import make_backend
+    from dve_perception.perception.pipeline import PerceptionPipeline
 
     pipeline = PerceptionPipeline(make_backend("torch", model=tiny_model))
     dim = pipeline.embedding_dim

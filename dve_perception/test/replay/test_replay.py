@@ -13,7 +13,7 @@ import pytest
 from dve_perception.errors import ConfigError
 from dve_perception.frames import RGBDFrame
 from dve_perception.mapping import EmbeddingMap, MapConfig, query_text
-from dve_perception.replay import ReplayOptions, prepare_output_dir, run_replay
+from dve_perception.replay.replay_loop import ReplayOptions, prepare_output_dir, run_replay
 from dve_perception.simulation import (
     LabelColorEmbedder,
     LabelTextEncoder,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dve_perception.mapping import MapConfig
-from dve_perception.replay import ReplayOptions, run_replay
+from dve_perception.replay.replay_loop import ReplayOptions, run_replay
 from dve_perception.simulation import (
     LabelColorEmbedder,
     make_room_scene,

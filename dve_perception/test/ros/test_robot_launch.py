@@ -37,9 +37,9 @@ TIMEOUT_S = 120.0
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, tiny_text_model) -> dict[str, Path]:
     """A tiny 768-d network exported to ONNX, the text tower, a parameters file, a map folder."""
-    from dve_perception.backends.onnx_export import export_onnx
     from dve_perception.model import build_dveformer
     from dve_perception.model.dveformer import TINY_TEST_CONFIG
+    from dve_perception.perception.backends.onnx_export import export_onnx
 
     folder = tmp_path_factory.mktemp("launch")
     onnx_path = folder / "tiny_768.onnx"
@@ -114,7 +114,7 @@ class Probe:
         self.tf.sendTransform(t)
 
     def publish_frame(self, stamp_ns: int) -> None:
-        from dve_perception.msg_outputs import array_to_image, make_header
+        from dve_perception.messages.outputs import array_to_image, make_header
 
         header = make_header(self.msg, stamp_ns, CAMERA_FRAME)
         rgb = np.random.default_rng(stamp_ns % 1000).integers(0, 256, (H, W, 3), dtype=np.uint8)

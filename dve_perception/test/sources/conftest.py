@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dve_perception.msg_conversions import matrix_to_transform_fields, ns_to_stamp_fields
+from dve_perception.messages.conversions import matrix_to_transform_fields, ns_to_stamp_fields
 from dve_perception.simulation import (
     make_room_scene,
     orbit_trajectory,

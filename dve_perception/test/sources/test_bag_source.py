@@ -20,7 +20,7 @@ from dve_perception.sources import (
     write_bag,
     write_folder_recording,
 )
-from dve_perception.trajectory import write_tum_trajectory
+from dve_perception.sources.trajectory import write_tum_trajectory
 
 COLOR = "/camera/color/image_raw"
 DEPTH = "/camera/aligned_depth_to_color/image_raw"

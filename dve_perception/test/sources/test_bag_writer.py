@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dve_perception.errors import InputError
-from dve_perception.msg_conversions import stamp_to_ns, transform_to_matrix
+from dve_perception.messages.conversions import stamp_to_ns, transform_to_matrix
 from dve_perception.sources import write_bag
 from dve_perception.sources.bag_writer import T_BASE_CAMERA_LINK, T_CAMERA_LINK_OPTICAL
 

@@ -14,7 +14,11 @@ from dve_perception.errors import InputError
 from dve_perception.frames import RGBDFrame
 from dve_perception.images import write_png
 from dve_perception.sources import FolderSource, SkippedFrame, open_source, write_folder_recording
-from dve_perception.trajectory import format_seconds, read_tum_trajectory, write_tum_trajectory
+from dve_perception.sources.trajectory import (
+    format_seconds,
+    read_tum_trajectory,
+    write_tum_trajectory,
+)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import colorsys
 import pytest
 import torch
 
+from dve_perception.datasets.rgbd_dataset import Sample
 from dve_perception.errors import ConfigError, InputError
 from dve_perception.training.augmentation import (
     AugmentationConfig,
@@ -19,7 +20,6 @@ from dve_perception.training.augmentation import (
     random_scale,
     rgb_to_hsv,
 )
-from dve_perception.training.dataset import Sample
 
 
 def _coded_sample(height: int = 24, width: int = 32) -> Sample:

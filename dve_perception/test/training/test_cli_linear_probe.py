@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from dve_perception.cli import main
+from dve_perception.cli.main import main
+from dve_perception.datasets.rgbd_dataset import RGBDDataset
+from dve_perception.datasets.synthetic_dataset import write_synthetic_dataset
 from dve_perception.frames import EmbeddingFrame, RGBDFrame, to_embedding_frame
 from dve_perception.model.checkpoint import load_linear_probing_weights, read_checkpoint_file
-from dve_perception.training.dataset import RGBDDataset
-from dve_perception.training.synthetic_dataset import write_synthetic_dataset
 from dve_perception.training.targets import SegmentTargets, save_targets
 
 # The published head format is 768-d, which `evaluate --linear-probing` expects.
@@ -35,7 +35,7 @@ class Oracle:
 
 @pytest.fixture
 def patched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
-    import dve_perception.perception_setup as setup
+    import dve_perception.perception.pipeline_setup as setup
 
     root = write_synthetic_dataset(tmp_path / "ds", samples=2, size=(32, 64))
     dataset = RGBDDataset(root, "train")
@@ -118,7 +118,7 @@ def test_cli_reports_bad_options_in_one_line(patched: dict, tmp_path: Path, caps
 def test_a_class_list_that_does_not_match_the_head_is_rejected(
     patched: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import dve_perception.perception_setup as setup
+    import dve_perception.perception.pipeline_setup as setup
 
     monkeypatch.setattr(setup, "class_prototypes", lambda *a: (torch.eye(2, DIM), {}))
     argv = ["train-linear-probe", str(patched["root"]), "--out", str(tmp_path / "h.pth")]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dve_perception.cli import main
+from dve_perception.cli.main import main
+from dve_perception.datasets.synthetic_dataset import write_synthetic_dataset
 from dve_perception.model.checkpoint import load_checkpoint
 from dve_perception.model.dveformer import TINY_TEST_CONFIG
 from dve_perception.training.alpha_clip import TINY_ALPHA_CLIP_CONFIG, AlphaCLIPVisionTransformer
-from dve_perception.training.synthetic_dataset import write_synthetic_dataset
 from dve_perception.training.targets import load_targets, targets_dir
 
 STUDENT = dataclasses.replace(TINY_TEST_CONFIG, embedding_dim=24, n_upsamplings=0)

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dve_perception.datasets.rgbd_dataset import RGBDDataset
+from dve_perception.datasets.synthetic_dataset import write_synthetic_dataset
 from dve_perception.errors import CheckpointError, ConfigError, InputError
 from dve_perception.model.checkpoint import load_checkpoint
 from dve_perception.model.dveformer import TINY_TEST_CONFIG, build_dveformer
@@ -21,7 +23,6 @@ from dve_perception.training.alpha_clip import (
     preprocess_alpha,
     preprocess_rgb,
 )
-from dve_perception.training.dataset import RGBDDataset
 from dve_perception.training.distillation_terms import (
     DistillationTerms,
     closed_set_dkd,
@@ -33,7 +34,6 @@ from dve_perception.training.features import (
     teacher_token_features,
 )
 from dve_perception.training.linear_probing import prototypes_from_targets
-from dve_perception.training.synthetic_dataset import write_synthetic_dataset
 from dve_perception.training.targets import DEFAULT_TEACHER_NAME, compute_targets, targets_dir
 from dve_perception.training.train_config import TrainConfig
 from dve_perception.training.train_data import collate_items

@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dve_perception.datasets.rgbd_dataset import RGBDDataset
+from dve_perception.datasets.synthetic_dataset import write_synthetic_dataset
 from dve_perception.errors import ConfigError, InputError
 from dve_perception.evaluation.segmentation_eval import evaluate_segmentation
 from dve_perception.frames import EmbeddingFrame, RGBDFrame, to_embedding_frame
 from dve_perception.model.checkpoint import load_linear_probing_weights, read_checkpoint_file
-from dve_perception.postprocess import class_scores
-from dve_perception.training.dataset import RGBDDataset
+from dve_perception.perception.postprocess import class_scores
 from dve_perception.training.linear_probing import (
     LinearProbe,
     LinearProbeConfig,
@@ -22,7 +23,6 @@ from dve_perception.training.linear_probing import (
     save_linear_probe,
     train_linear_probe,
 )
-from dve_perception.training.synthetic_dataset import write_synthetic_dataset
 from dve_perception.training.targets import SegmentTargets, save_targets, visual_mean_prototypes
 
 DIM = 8

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from dve_perception.datasets.rgbd_dataset import RGBDDataset
+from dve_perception.datasets.synthetic_dataset import write_synthetic_dataset
 from dve_perception.errors import CheckpointError, ConfigError, InputError
 from dve_perception.model.checkpoint import load_checkpoint
 from dve_perception.model.dveformer import TINY_TEST_CONFIG, build_dveformer
 from dve_perception.training.alpha_clip import TINY_ALPHA_CLIP_CONFIG, AlphaCLIPVisionTransformer
-from dve_perception.training.dataset import RGBDDataset
 from dve_perception.training.depth_encoding import with_pde_depth_stem
-from dve_perception.training.synthetic_dataset import write_synthetic_dataset
 from dve_perception.training.targets import compute_targets, targets_dir
 from dve_perception.training.train_config import TrainConfig
 from dve_perception.training.trainer import Trainer, TrainingError
