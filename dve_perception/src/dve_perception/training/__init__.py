@@ -1,6 +1,6 @@
-"""Distillation toolkit: dataset layout and loader, augmentation, teacher targets and training.
+"""Distillation toolkit: augmentation, teacher targets, losses and the training loop.
 
-Import the modules directly (e.g. `dve_perception.training.dataset`); this package re-exports
+Import the modules directly (e.g. `dve_perception.training.targets`); this package re-exports
 nothing so that importing one part never pulls in the heavy dependencies of another.
 """
 
