@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _verdicts import Verdict, Verdicts
+
 HEIGHT, WIDTH = 480, 640
 N_CLASSES = 40  # NYUv2's vocabulary, the default of the sample command and the node
 PUBLISH_SIZE = {"reducedres": (60, 80), "fullres": (120, 160)}
@@ -153,9 +155,9 @@ def _end_to_end_case(spec: dict) -> tuple:
     import numpy as np
 
     from dve_perception.frames import RGBDFrame
-    from dve_perception.node_config import PerceptionNodeConfig
     from dve_perception.node_logic.perception_worker import PerceptionWorker
-    from dve_perception.pipeline import PerceptionPipeline
+    from dve_perception.perception.pipeline import PerceptionPipeline
+    from dve_perception.settings.node_config import PerceptionNodeConfig
 
     backend = _backend({**spec, "backend": "torch"})
     names = [f"class {i}" for i in range(N_CLASSES)]
@@ -186,14 +188,14 @@ def _cpu_stage_case(spec: dict) -> tuple:
     import torch
 
     if spec["backend"] == "preprocess":
+        from dve_perception.cli.sample import bundled_sample
         from dve_perception.images import read_depth, read_rgb
-        from dve_perception.preprocess import prepare_inputs
-        from dve_perception.sample_inference import bundled_sample
+        from dve_perception.perception.preprocess import prepare_inputs
 
         rgb_path, depth_path = bundled_sample()
         color, depth_mm = read_rgb(rgb_path), read_depth(depth_path)
         return (lambda: prepare_inputs(color, depth_mm)), {}
-    from dve_perception.postprocess import class_scores, segment
+    from dve_perception.perception.postprocess import class_scores, segment
 
     stride = 1 if spec["variant"] == "fullres" else 4
     embedding = torch.randn(1, 768, HEIGHT // stride, WIDTH // stride)
@@ -258,7 +260,7 @@ def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def cpu_table(variants: list[str], repeats: int, folder: Path) -> None:
+def cpu_table(variants: list[str], repeats: int, folder: Path, verdicts: Verdicts) -> None:
     rows, summary = [], []
     for variant in variants:
         base = {"variant": variant, "device": "cpu", "repeats": repeats}
@@ -287,6 +289,7 @@ def cpu_table(variants: list[str], repeats: int, folder: Path) -> None:
             f"preview) {e2e['median_s'] * 1e3:.0f} ms = {e2e['ratio']:.3f}x bare inference of "
             f"the same backend ({e2e['bare_s'] * 1e3:.0f} ms; median of interleaved pairs)"
         )
+        _judge_end_to_end(verdicts, variant, e2e["ratio"])
         rows += [
             (variant, label, res, torch_rows[0]) for label, res in zip(labels, results, strict=True)
         ]
@@ -344,7 +347,9 @@ def _gpu_cases(variant: str, repeats: int, folder: Path, engine_cache: Path) -> 
     return cases
 
 
-def gpu_table(variants: list[str], repeats: int, folder: Path, engine_cache: Path) -> None:
+def gpu_table(
+    variants: list[str], repeats: int, folder: Path, engine_cache: Path, verdicts: Verdicts
+) -> None:
     import torch
 
     print(
@@ -368,7 +373,12 @@ def gpu_table(variants: list[str], repeats: int, folder: Path, engine_cache: Pat
             res = _subprocess(spec)
             baseline = baseline or res
             speedup = baseline["median_s"] / res["median_s"]
-            met = "-" if not is_fp16 else ("met" if speedup >= TARGET_FP16_SPEEDUP else "MISS")
+            met = "-"
+            if is_fp16:
+                target = f">= {TARGET_FP16_SPEEDUP:g}x"
+                check = f"{variant}: {label} speed-up vs fp32 eager"
+                verdict = verdicts.add(check, speedup, "x", target, speedup >= TARGET_FP16_SPEEDUP)
+                met = "met" if verdict.met else "MISS"
             print(
                 f"| {variant:<10} | {label:<36} | {res['median_s'] * 1e3:>9.2f} | "
                 f"{1 / res['median_s']:>8.1f} | {speedup:>7.2f}x | {met:>6} | "
@@ -378,13 +388,18 @@ def gpu_table(variants: list[str], repeats: int, folder: Path, engine_cache: Pat
         e2e_spec.update(backend="end-to-end", precision="fp16", cuda_graphs=True, fused=True)
         e2e = _subprocess(e2e_spec)
         ratio = e2e["ratio"]
-        verdict = "met" if ratio <= TARGET_E2E_RATIO else "MISS"
+        verdict = "met" if _judge_end_to_end(verdicts, variant, ratio).met else "MISS"
         summary.append(
             f"{variant}: end to end (pipeline + segmentation + PCA, fp16 + CUDA graphs + fused) "
             f"{e2e['median_s'] * 1e3:.1f} ms = {ratio:.2f}x bare inference "
             f"({e2e['bare_s'] * 1e3:.1f} ms); target <= {TARGET_E2E_RATIO}x: {verdict}"
         )
     print("\n".join(summary))
+
+
+def _judge_end_to_end(verdicts: Verdicts, variant: str, ratio: float) -> Verdict:
+    check = f"{variant}: end to end vs bare inference"
+    return verdicts.add(check, ratio, "x", f"<= {TARGET_E2E_RATIO}x", ratio <= TARGET_E2E_RATIO)
 
 
 def main() -> None:
@@ -400,6 +415,9 @@ def main() -> None:
         type=Path,
         default=Path.home() / ".cache" / "dve_perception" / "bench_engines",
         help="folder of the TensorRT engines (reused while the export and GPU stay the same)",
+    )
+    parser.add_argument(
+        "--verdicts", type=Path, help="also write the targets met or missed to this JSON file"
     )
     parser.add_argument("--_spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -417,11 +435,14 @@ def main() -> None:
     variants = ["reducedres"] if args.quick else args.variants
     gpu = device == "cuda"
     repeats = args.repeats or ((GPU_REPEATS if gpu else CPU_REPEATS) // (3 if args.quick else 1))
+    verdicts = Verdicts()
     with tempfile.TemporaryDirectory() as tmp:
         if gpu:
-            gpu_table(variants, repeats, Path(tmp), args.engine_cache)
+            gpu_table(variants, repeats, Path(tmp), args.engine_cache, verdicts)
         else:
-            cpu_table(variants, repeats, Path(tmp))
+            cpu_table(variants, repeats, Path(tmp), verdicts)
+    if args.verdicts:
+        verdicts.write(args.verdicts, "bench_inference")
 
 
 if __name__ == "__main__":
