@@ -69,8 +69,43 @@ def bench_scene(num_frames: int, seed: int = 0) -> BenchScene:
     return BenchScene(scene, field, orbit_trajectory(scene, num_frames, seed=seed))
 
 
+#: Where the maps of sections 1 and 2 live (`bench_mapping.py --device`); the scene, the fitted
+#: bases and sections 3-5 stay on the CPU.
+DEVICE = torch.device("cpu")
+
+
+def set_device(name: str) -> None:
+    """Put the maps of sections 1 and 2 on `name` ("cpu" or "cuda")."""
+    global DEVICE
+    DEVICE = torch.device(name)
+
+
+def device_name() -> str:
+    """The device type of the maps of sections 1 and 2: "cpu" or "cuda"."""
+    return DEVICE.type
+
+
+def on_device(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """The array as a tensor on the maps' device, as the backends hand frames over.
+
+    On the CPU this is a view (no copy); on a GPU the fused backend's embeddings are already CUDA
+    tensors, so the copy is made here, outside the timed call (`Tensor.to` keeps a channel-last
+    view's strides).
+    """
+    tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
+    return tensor.to(DEVICE)
+
+
+def synchronize() -> None:
+    """Wait for the device's queued work, so that a wall-clock time includes it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def new_map(**settings) -> EmbeddingMap:
-    return EmbeddingMap(VOXEL_SIZE_M, embedding_dim=DIM, max_depth_m=MAX_DEPTH_M, **settings)
+    return EmbeddingMap(
+        VOXEL_SIZE_M, embedding_dim=DIM, max_depth_m=MAX_DEPTH_M, device=DEVICE, **settings
+    )
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -266,9 +301,11 @@ def median_ms(repeats: int, fn: Callable[..., object], *args: object) -> float:
 
 
 def timed_ms(fn: Callable[..., object], *args: object) -> float:
-    """Wall time in ms of one call `fn(*args)`."""
+    """Wall time in ms of one call `fn(*args)`, including the device work it queued."""
+    synchronize()
     t = time.perf_counter()
     fn(*args)
+    synchronize()
     return (time.perf_counter() - t) * 1e3
 
 
@@ -286,7 +323,7 @@ def machine_line() -> str:
         f"machine: {model}, {os.cpu_count()} logical CPUs; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), numpy {np.__version__}, python "
         f"{platform.python_version()}; load average {load}"
-    )
+    ) + (f"; maps on {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else "")
 
 
 def print_table(

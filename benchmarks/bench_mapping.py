@@ -28,6 +28,11 @@ on the machine (and on other load: the load average is printed); compare the rat
 measured against a baseline in the same run.
 
     .venv/bin/python benchmarks/bench_mapping.py [--quick] [--sections 1 2 3 4 5] [--threads N]
+        [--device cpu|cuda] [--map-sizes N [N ...]] [--large-size H W FRAMES]
+
+`--device cuda` (sections 1 and 2 only) keeps the maps on the GPU and hands them CUDA tensors, as
+the fused backend does; times are CUDA-synchronised, and section 2's baseline is then the same
+naive matvec + top-10 in torch on the GPU.
 
 Default: ~3 min on an idle 2-core CPU (more under load), peak ~10 GB of memory; --quick: < 1 min.
 """
@@ -38,6 +43,7 @@ import argparse
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,6 +62,7 @@ from _mapping_scene import (
     pca_mixed_scores,
     print_table,
     quantized,
+    set_device,
     spearman,
     storage_copy,
     text_like_queries,
@@ -64,6 +71,7 @@ from _mapping_scene import (
     topk_within,
 )
 from _mapping_speed import PCA_INT, SMALL, section_integration, section_queries
+from _verdicts import Verdicts
 
 from dve_perception.mapping import EmbeddingMap, MapConfig
 from dve_perception.mapping.voxel_hash import VoxelHashIndex, pack_voxel_keys
@@ -301,6 +309,30 @@ def main() -> None:
     parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the maps of sections 1 and 2 live (the scene is made on the CPU; "
+        "sections 3-5 run on the CPU only)",
+    )
+    parser.add_argument(
+        "--verdicts", type=Path, help="also write the targets met or missed to this JSON file"
+    )
+    parser.add_argument(
+        "--large-size",
+        type=int,
+        nargs=3,
+        metavar=("H", "W", "FRAMES"),
+        help="section 1's large resolution and frame count (default 480 640 4; --quick: 240 "
+        "320 2; each map keeps a workspace of H*W*768 floats, ~1.9 GB over 8 maps at 240x320)",
+    )
+    parser.add_argument(
+        "--map-sizes",
+        type=int,
+        nargs="+",
+        help="voxel counts of section 2 (default 100,000 and 1,000,000; --quick: 10x fewer)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -310,7 +342,21 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device")
+        if set(args.sections) - {1, 2}:
+            parser.error("--device cuda runs sections 1 and 2 only: add --sections 1 2")
+    set_device(args.device)
+    verdicts = Verdicts()
     size = {name: value[1 if args.quick else 0] for name, value in SIZES.items()}
+    if args.map_sizes:
+        size["map_sizes"] = tuple(args.map_sizes)
+    if args.large_size:
+        h, w, frames = args.large_size
+        if (h, w) == SMALL or frames < 2 or min(h, w) < 1:
+            parser.error(f"--large-size: need H W other than {SMALL} and FRAMES >= 2 (1 warm-up)")
+        size["large"] = (h, w, frames)
     torch.manual_seed(0)
     print(machine_line())
     mode = "quick" if args.quick else "default"
@@ -326,13 +372,13 @@ def main() -> None:
     if 1 in args.sections:
         h, w, n = size["large"]
         large = [lambda i=i: bench.frame(i, h, w, rng) for i in range(n)]  # made one at a time
-        fmap = _section(1, section_integration, small, (h, w, large), args.repeats)
+        fmap = _section(1, section_integration, small, (h, w, large), args.repeats, verdicts)
     elif need_scene:
         fmap = new_map()
         for frame, K, pose, emb in small:
             fmap.integrate(emb, frame.depth_m, K, pose)
     if 2 in args.sections:
-        _section(2, section_queries, bench, size["map_sizes"], args.repeats)
+        _section(2, section_queries, bench, size["map_sizes"], args.repeats, verdicts)
     if 3 in args.sections:
         _section(3, section_fidelity, bench, fmap, small, size["online_fit"])
     if 4 in args.sections:
@@ -342,6 +388,8 @@ def main() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
     print(f"\ntotal {time.perf_counter() - t0:.0f} s, peak RSS {peak_gb:.1f} GB")
     print(f"{machine_line()} (at the end)")
+    if args.verdicts:
+        verdicts.write(args.verdicts, "bench_mapping")
 
 
 if __name__ == "__main__":
