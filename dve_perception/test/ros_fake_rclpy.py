@@ -142,6 +142,18 @@ class Logger:
         return self._log("FATAL", message, kwargs)
 
 
+# --- rclpy.signals ---------------------------------------------------------------------------
+
+
+class SignalHandlerOptions(enum.IntEnum):
+    """rclpy.signals.SignalHandlerOptions: which signal handlers rclpy.init installs."""
+
+    NO = 0
+    SIGINT = 1
+    SIGTERM = 2
+    ALL = 3
+
+
 # --- rclpy.time, rclpy.duration, rclpy.clock ---------------------------------------------------
 
 

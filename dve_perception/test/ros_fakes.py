@@ -244,6 +244,9 @@ def _modules(ros: FakeRos) -> dict[str, types.ModuleType]:
         "rclpy.duration": _module("rclpy.duration", Duration=rclpy_fake.Duration),
         "rclpy.time": _module("rclpy.time", Time=rclpy_fake.Time, ClockType=rclpy_fake.ClockType),
         "rclpy.clock": _module("rclpy.clock", ClockType=rclpy_fake.ClockType),
+        "rclpy.signals": _module(
+            "rclpy.signals", SignalHandlerOptions=rclpy_fake.SignalHandlerOptions
+        ),
         "rclpy.executors": _module(
             "rclpy.executors",
             MultiThreadedExecutor=ros.MultiThreadedExecutor,

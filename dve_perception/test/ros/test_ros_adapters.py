@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from ros_fakes import install_fake_ros
 
-from dve_perception.errors import ConfigError
 from dve_perception.settings.node_config import MappingNodeConfig, PerceptionNodeConfig
 from dve_perception.settings.parameters import parameter_specs
 
@@ -368,45 +367,6 @@ def test_a_fused_export_publishes_its_own_downsampled_embedding_and_labels(
     np.testing.assert_allclose(frame.embedding.norm(dim=0).numpy(), 1.0, atol=1e-2)
     values = np.frombuffer(bytes(labels.data), dtype=np.uint16)
     assert (labels.height, labels.width) == (H, W) and values.max() < 2
-
-
-def test_run_node_reports_a_config_error_in_one_line_and_returns_1(fake, capsys):
-    from dve_perception.ros.node_main import run_node
-
-    def factory():
-        raise ConfigError("onnx_path '' does not exist")
-
-    assert run_node(factory) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["[dve_perception] cannot start: onnx_path '' does not exist"]
-    assert not fake.ok()
-
-
-def test_run_node_spins_the_node_then_shuts_it_down_and_destroys_it(fake):
-    import rclpy.node
-
-    from dve_perception.ros.node_main import run_node
-
-    calls = []
-
-    class Probe(rclpy.node.Node):
-        def __init__(self) -> None:
-            super().__init__("probe")
-
-        def shutdown(self) -> None:
-            calls.append("shutdown")
-
-        def destroy_node(self) -> None:
-            calls.append("destroy")
-            super().destroy_node()
-
-    def interrupt(executor):
-        calls.append(("spin", [n.get_name() for n in executor.nodes]))
-        raise KeyboardInterrupt
-
-    fake.on_spin = interrupt
-    assert run_node(Probe, args=["--ros-args"]) == 0
-    assert calls == [("spin", ["probe"]), "shutdown", "destroy"] and not fake.ok()
 
 
 def test_the_fakes_refuse_calls_that_rclpy_refuses(ros):
