@@ -145,8 +145,9 @@ def test_every_package_the_ros_tests_import_is_an_exec_or_test_dependency() -> N
     manifest = _parse_manifest(PKG_DIR / "package.xml")
     declared = {d.name for d in (*manifest.exec_depends, *manifest.test_depends)}
     sources = sorted((PKG_DIR / "test" / "ros").glob("*.py"))
-    # The suite's own helper modules (test/*.py, on sys.path under pytest) are no packages.
-    helpers = {path.stem for path in (PKG_DIR / "test").glob("*.py")}
+    # The suite's own helper modules (on sys.path under pytest) are no packages.
+    test_dir = PKG_DIR / "test"
+    helpers = {path.stem for path in [*test_dir.glob("*.py"), *test_dir.glob("ros/*.py")]}
     imported = {m for path in sources for m in _imported_roots(path)} - helpers - PIP_ONLY
     needed = {MODULE_TO_ROSDEP.get(m, m) for m in imported}
     assert needed - declared == set()

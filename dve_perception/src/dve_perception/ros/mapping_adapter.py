@@ -71,7 +71,9 @@ class MappingAdapter:
         self._node, self._config = node, config
         self._service = MapService(build_map(config, embedding_dim), encoder, config)
         self._warn = Throttle(config.warn_period_s)
-        self._tf_buffer = Buffer()
+        # Tied to the node: its clock (use_sim_time; a looping bag jumps back and clears the
+        # buffer) and the tf2_frames service that tf2 tools query.
+        self._tf_buffer = Buffer(node=node)
         self._tf_listener = TransformListener(self._tf_buffer, node)
         fusion, services = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
