@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
@@ -53,7 +53,7 @@ ARGUMENTS = (
         "mapping node needs them",
     ),
     ("only", "", "with combined:=false, start just one node: perception or mapping"),
-    ("rviz", "true", "start RViz with rviz/dve_perception.rviz"),
+    ("rviz", "false", "also start RViz with rviz/dve_perception.rviz (needs rviz2 installed)"),
 )
 
 
@@ -77,9 +77,27 @@ def _true(text: str) -> bool:
     return text.strip().lower() in ("true", "1", "yes", "on")
 
 
+def _check_rviz_installed() -> None:
+    """Fail before any node starts when RViz is asked for but absent (a headless robot).
+
+    Raised from the launch setup, the error ends `ros2 launch` with its message and code 1, and
+    since no node was created yet, none is left running.
+    """
+    try:
+        get_package_share_directory("rviz2")
+    except PackageNotFoundError:
+        raise RuntimeError(
+            "rviz:=true, but the rviz2 package is not installed here (apt install "
+            "ros-$ROS_DISTRO-rviz2); or leave rviz unset and open rviz/dve_perception.rviz on "
+            "a workstation"
+        ) from None
+
+
 def _launch_setup(context: LaunchContext) -> list[Node]:
     """Build the nodes from the resolved arguments (so empty ones can be left out)."""
     value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    if _true(value["rviz"]):
+        _check_rviz_installed()
     sim_time = _true(value["use_sim_time"])
     overrides = {name: value[name] for name in OVERRIDES if value[name]}
     combined = _true(value["combined"])
