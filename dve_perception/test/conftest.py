@@ -6,7 +6,11 @@ skipped with a reason that says what is missing, so a green run here never hides
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import logging
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +56,59 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
     for warning_filter in WARNING_FILTERS:
         config.addinivalue_line("filterwarnings", warning_filter)
+    _isolate_dds()
+    _use_standard_loggers()
+
+
+#: DDS domains a test run may take (Fast DDS: 0-232 fit the port range; above ~101 the ports can
+#: meet Linux's ephemeral range, and 0 is everybody's default).
+ROS_TEST_DOMAINS = range(1, 101)
+_domain_lock = None  # held open for the whole run: the domain is ours while it is locked
+
+
+def _isolate_dds() -> None:
+    """Give this run a DDS domain no other test run on the machine holds, and stay on it.
+
+    Tests use fixed names (/query_text, /camera/...): on a shared domain another ROS process
+    answered them, and a user's ROS_DOMAIN_ID (their robot's) must never see test traffic. Set
+    before anything initialises rclpy, so nodes started in-process and every child process
+    (launch files, node executables) inherit it. Discovery stays on this machine
+    (ROS_AUTOMATIC_DISCOVERY_RANGE on Jazzy; ROS_LOCALHOST_ONLY on Humble, which lacks it).
+    """
+    global _domain_lock
+    start = os.getpid() % len(ROS_TEST_DOMAINS)
+    for offset in range(len(ROS_TEST_DOMAINS)):
+        domain = ROS_TEST_DOMAINS[(start + offset) % len(ROS_TEST_DOMAINS)]
+        path = Path(tempfile.gettempdir()) / f"dve_perception_test_ros_domain_{domain}.lock"
+        handle = open(path, "a")  # noqa: SIM115 - kept open: the lock lives as long as the run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _domain_lock = handle
+        os.environ["ROS_DOMAIN_ID"] = str(domain)
+        break
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    if os.environ.get("ROS_DISTRO") == "humble":
+        os.environ["ROS_LOCALHOST_ONLY"] = "1"
+
+
+def _use_standard_loggers() -> None:
+    """Make loggers created from now on plain `logging.Logger`s that propagate to caplog.
+
+    launch_testing's pytest plugins load wherever it is installed (any machine with a sourced
+    ROS 2) and import `launch`, which sets its LaunchLogger class (propagate=False) for the whole
+    process: records of the core's loggers then never reached caplog, and 22 tests failed there.
+    Running a launch file resets the class again, so the autouse fixture below repeats this.
+    """
+    logging.setLoggerClass(logging.Logger)
+
+
+@pytest.fixture(autouse=True)
+def _standard_loggers():
+    _use_standard_loggers()
+    yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
