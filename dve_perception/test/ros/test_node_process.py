@@ -144,3 +144,12 @@ def test_a_node_that_cannot_start_says_why_in_one_line_and_exits_1(assets, tmp_p
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
     assert len(lines) == 1 and str(missing) in lines[0], result.stderr
+
+
+def test_a_parameter_of_the_wrong_type_stops_the_start_with_one_line_naming_it(assets):
+    command = node_command("dve_perception_node", assets, sync_slop_s="fast")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(lines) == 1 and "parameter sync_slop_s must be a double" in lines[0], lines

@@ -105,3 +105,99 @@ def test_the_tf_buffer_belongs_to_the_node_and_serves_tf2_frames(probe):
         frames = probe.call(FrameGraph, "/dve_perception/tf2_frames").frame_yaml
         time.sleep(0.2)
     assert CAMERA_FRAME in frames and "parent: 'map'" in frames, frames
+
+
+def _latched(probe, msg_type, topic: str, timeout_s: float = 20.0):
+    """The last message a transient-local publisher holds, as a subscriber made now gets it."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+
+    received: list = []
+    qos = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    subscription = probe.node.create_subscription(msg_type, topic, received.append, qos)
+    deadline = time.monotonic() + timeout_s
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    probe.node.destroy_subscription(subscription)
+    assert received, f"nothing latched on {topic}"
+    return received[-1]
+
+
+def _query_until_answered(probe, text: str):
+    """Publish frames until the map answers `text` (the map may still be empty)."""
+    from dve_perception_interfaces.srv import QueryText
+
+    probe.publish_pose()
+    deadline = time.monotonic() + TIMEOUT_S
+    stamp_ns = time.time_ns()
+    while True:
+        answer = probe.call(QueryText, "/query_text", text=text, top_k=3)
+        if answer.success or time.monotonic() > deadline:
+            return answer
+        probe.publish_frame(stamp_ns)
+        stamp_ns += 100_000_000
+        time.sleep(0.3)
+
+
+@pytest.mark.launch(fixture=robot)
+def test_the_map_cloud_is_latched_for_a_late_subscriber(probe):
+    from sensor_msgs.msg import PointCloud2
+
+    assert _query_until_answered(probe, "a chair").success
+    cloud = _latched(probe, PointCloud2, "/dve_perception/map/cloud")
+    assert cloud.width > 0 and cloud.header.frame_id == "map"
+    assert [f.name for f in cloud.fields][:3] == ["x", "y", "z"]
+
+
+@pytest.mark.launch(fixture=robot)
+def test_a_query_leaves_its_heatmap_and_markers_for_rviz(probe):
+    from sensor_msgs.msg import PointCloud2
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    answer = _query_until_answered(probe, "a table")
+    assert answer.success, answer.message
+    heat = _latched(probe, PointCloud2, "/dve_perception/query/heatmap")
+    assert heat.width == answer.cloud.width > 0
+    markers = _latched(probe, MarkerArray, "/dve_perception/query/markers").markers
+    assert markers[0].action == Marker.DELETEALL  # the previous query's boxes go first
+    assert len(markers) >= 1 + len(answer.matches)
+
+
+@pytest.mark.launch(fixture=robot)
+def test_parameters_are_described_read_only_and_refuse_live_changes(probe):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import DescribeParameters, SetParameters
+
+    node = "/dve_perception/dve_perception"
+    names = ["vocabulary", "sync_slop_s", "map.voxel_size_m"]
+    described = probe.call(DescribeParameters, f"{node}/describe_parameters", names=names)
+    assert [d.name for d in described.descriptors] == names
+    for descriptor in described.descriptors:
+        assert descriptor.read_only and descriptor.description, descriptor
+    value = ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=0.5)
+    result = probe.call(
+        SetParameters,
+        f"{node}/set_parameters",
+        parameters=[Parameter(name="sync_slop_s", value=value)],
+    )
+    assert not result.results[0].successful and "read-only" in result.results[0].reason
+
+
+@pytest.mark.launch(fixture=robot)
+def test_the_readme_service_call_works_verbatim(probe):
+    import shlex
+    import subprocess
+    import sys
+
+    readme = Path(__file__).resolve().parents[3] / "README.md"
+    if not readme.is_file():
+        pytest.skip("needs the repository's README.md")
+    lines = [
+        ln for ln in readme.read_text().splitlines() if ln.startswith("ros2 service call /query")
+    ]
+    assert len(lines) == 1
+    assert _query_until_answered(probe, "a red mug").success  # a map to answer from
+    ros2 = Path(sys.executable).parent / "ros2"
+    command = [str(ros2), *shlex.split(lines[0])[1:]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "success=True" in result.stdout and "score_name='relevancy'" in result.stdout
