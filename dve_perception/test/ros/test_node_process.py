@@ -11,43 +11,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from ros_probe import ROS_REASON, TIMEOUT_S
+from ros_probe import ROS_REASON, TIMEOUT_S, node_command
 
 rclpy = pytest.importorskip("rclpy", reason=ROS_REASON)
 
 pytestmark = pytest.mark.ros
-
-CAMERA_REMAPS = {
-    "color/image": "/camera/color/image_raw",
-    "depth/image": "/camera/aligned_depth_to_color/image_raw",
-    "color/camera_info": "/camera/color/camera_info",
-}
-
-
-def node_command(executable: str, assets: dict, **parameters: object) -> list[str]:
-    """The node executable with the test network, in the namespace robot.launch.py gives it."""
-    command = [str(Path(sys.executable).parent / executable), "--ros-args"]
-    command += ["-r", "__ns:=/dve_perception", "-r", "__node:=dve_perception"]
-    command += ["--params-file", str(assets["params"])]
-    values = {
-        "backend": "onnxruntime",
-        "onnx_path": str(assets["onnx"]),
-        "text_model_path": str(assets["text"]),
-        "vocabulary": "chair,table",
-        **parameters,
-    }
-    for name, value in values.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        command += ["-p", f"{name}:={text}"]
-    for source, target in CAMERA_REMAPS.items():
-        command += ["-r", f"{source}:={target}"]
-    return command
 
 
 class FramePump:

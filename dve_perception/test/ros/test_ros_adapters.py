@@ -206,47 +206,6 @@ def test_a_synced_rgbd_frame_is_published_fused_and_answers_a_query(ros):
     node.shutdown()
 
 
-def test_frames_without_tf_or_with_a_bad_encoding_are_dropped_with_one_warning_each(ros):
-    from dve_perception.ros.combined_node import CombinedNode
-    from dve_perception.ros.ros_types import MSG
-
-    node = CombinedNode()
-    status = ros.diagnostics(node)
-    assert status["perception"].level == status["mapping"].level == b"\x01"  # WARN: no frame yet
-    for i in range(2):  # no transform was sent
-        feed(ros, node, rgbd(MSG, STAMP_NS + i * 10**9))
-        wait_for(ros, node, lambda i=i: processed(ros, node) == i + 1)
-    no_tf = [m for m in ros.logs(node, "WARN") if "no transform" in m]
-    assert len(no_tf) == 1 and f"map <- {CAMERA}" in no_tf[0]
-    mapping = dict_values(ros.diagnostics(node)["mapping"])
-    assert mapping["fused"] == "0" and mapping["dropped (no transform)"] == "2"
-
-    for i in range(2):
-        feed(ros, node, rgbd(MSG, STAMP_NS + (5 + i) * 10**9, encoding="yuv422"))
-        wait_for(ros, node, lambda i=i: processed(ros, node, "rejected") == i + 1)
-    bad = [m for m in ros.logs(node, "WARN") if "unsupported image encoding" in m]
-    assert len(bad) == 1 and "yuv422" in bad[0]
-    feed(ros, node, rgbd(MSG, STAMP_NS + 9 * 10**9))  # the node still runs
-    wait_for(ros, node, lambda: processed(ros, node) == 3)
-    assert not ros.logs(node, "ERROR")
-    node.shutdown()
-
-
-def test_diagnostics_name_an_input_topic_that_never_arrives(ros):
-    from dve_perception.ros.combined_node import CombinedNode
-    from dve_perception.ros.ros_types import MSG
-
-    node = CombinedNode()
-    color, depth, _ = rgbd(MSG, STAMP_NS)
-    for topic, message in zip(RGBD_TOPICS[:2], (color, depth), strict=True):
-        ros.deliver(node, topic, message)
-    status = ros.diagnostics(node)["perception"]
-    assert status.level == b"\x02"  # ERROR: one input is silent
-    assert status.message.startswith("no messages on camera_info while color (1), depth (1)")
-    assert dict_values(status)["camera_info messages"] == "0"
-    node.shutdown()
-
-
 def test_map_services_save_load_clear_and_the_node_saves_on_shutdown(ros, tmp_path):
     from dve_perception.ros.combined_node import CombinedNode
     from dve_perception.ros.ros_types import MSG
