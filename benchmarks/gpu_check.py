@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -259,12 +260,16 @@ def run_step(step: Step, out: Path, env: dict[str, str], seconds_left: float) ->
     with open(out / step.log, "w", encoding="utf-8") as log:
         log.write(f"$ {' '.join(step.argv)}\n(in {step.cwd})\n\n")
         log.flush()
+        # A session of its own: on a timeout the benchmarks' case subprocesses go too.
+        process = subprocess.Popen(
+            step.argv, cwd=step.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         try:
-            process = subprocess.run(
-                step.argv, cwd=step.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                timeout=timeout, check=False,
-            )  # fmt: skip
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
             seconds = time.perf_counter() - start
             return Outcome(step, None, seconds, f"timed out after {timeout:.0f} s")
     seconds = time.perf_counter() - start

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,14 @@ BENCHMARKS = REPO / "benchmarks"
 pytestmark = pytest.mark.skipif(
     not (BENCHMARKS / "gpu_check.py").is_file(), reason="needs the repository's benchmarks/"
 )
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (Z: a zombie, already dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 def _load(name: str):
@@ -103,11 +112,22 @@ def test_benchmark_rows_read_what_the_benchmarks_write(gpu_check, tmp_path):
 
 
 def test_a_step_past_its_timeout_or_the_budget_is_reported_and_the_run_goes_on(gpu_check, tmp_path):
-    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
-    step = gpu_check.Step("sleep", sleeper, tmp_path, 1.0, "sleep.log")
+    # The step starts a child of its own (as the benchmarks start their cases): both must go.
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n"
+    )
+    sleeper = [sys.executable, "-c", script]
+    step = gpu_check.Step("sleep", sleeper, tmp_path, 2.0, "sleep.log")
     outcome = gpu_check.run_step(step, tmp_path, gpu_check.step_env(None), seconds_left=100)
-    assert outcome.status == "timed out after 1 s" and outcome.returncode is None
+    assert outcome.status == "timed out after 2 s" and outcome.returncode is None
     assert outcome.seconds < 10
+    child = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "Z" in _state(child)  # gone (or a zombie)
     late = gpu_check.run_step(step, tmp_path, gpu_check.step_env(None), seconds_left=5)
     assert late.status == "not run: 5 s of the budget left"
 
