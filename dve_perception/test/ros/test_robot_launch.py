@@ -145,7 +145,7 @@ def test_the_map_cloud_is_latched_for_a_late_subscriber(probe):
     assert _query_until_answered(probe, "a chair").success
     cloud = _latched(probe, PointCloud2, "/dve_perception/map/cloud")
     assert cloud.width > 0 and cloud.header.frame_id == "map"
-    assert [f.name for f in cloud.fields][:3] == ["x", "y", "z"]
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb"]  # coloured by PCA
 
 
 @pytest.mark.launch(fixture=robot)
@@ -201,3 +201,31 @@ def test_the_readme_service_call_works_verbatim(probe):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "success=True" in result.stdout and "score_name='relevancy'" in result.stdout
+
+
+@pytest.mark.launch(fixture=robot)
+def test_save_clear_and_load_restore_the_map_and_its_cloud(probe, assets):
+    from sensor_msgs.msg import PointCloud2
+    from std_srvs.srv import Trigger
+
+    from dve_perception_interfaces.srv import LoadMap, QueryText, SaveMap
+
+    answer = _query_until_answered(probe, "a chair")
+    assert answer.success, answer.message
+    time.sleep(1.0)  # frames still in flight are fused before the map is saved
+    saved = probe.call(SaveMap, "/dve_perception/save_map", path="round_trip.dvemap")
+    assert saved.success and saved.path == str((assets["maps"] / "round_trip.dvemap").resolve())
+    voxels = int(saved.message.split()[1])  # "saved N voxels to PATH"
+    assert saved.message.startswith("saved ") and voxels > 0
+
+    cleared = probe.call(Trigger, "/dve_perception/clear_map")
+    assert cleared.success, cleared.message
+    assert _latched(probe, PointCloud2, "/dve_perception/map/cloud").width == 0
+    empty = probe.call(QueryText, "/query_text", text="a chair", top_k=1)
+    assert not empty.success and "the map is empty" in empty.message
+
+    loaded = probe.call(LoadMap, "/dve_perception/load_map", path="round_trip.dvemap")
+    assert loaded.success and loaded.voxel_count == voxels, loaded.message
+    assert _latched(probe, PointCloud2, "/dve_perception/map/cloud").width == voxels
+    again = probe.call(QueryText, "/query_text", text="a chair", top_k=1)
+    assert again.success and again.cloud.width == voxels

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -129,10 +128,6 @@ def query_until_success(fake, node, text: str = "chair"):
     return wait_for(fake, node, ask)
 
 
-def perception_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name == "perception" and t.is_alive()}
-
-
 def test_combined_node_declares_each_parameter_once_read_only_with_overrides(ros):
     from dve_perception.ros.combined_node import CombinedNode
 
@@ -204,44 +199,6 @@ def test_a_synced_rgbd_frame_is_published_fused_and_answers_a_query(ros):
     assert status["mapping"].level == b"\x00" and "voxels" in status["mapping"].message
     assert dict_values(status["mapping"])["fused"] == "1"
     node.shutdown()
-
-
-def test_map_services_save_load_clear_and_the_node_saves_on_shutdown(ros, tmp_path):
-    from dve_perception.ros.combined_node import CombinedNode
-    from dve_perception.ros.ros_types import MSG
-
-    ros.overrides["save_map_on_shutdown"] = True
-    before = perception_threads()
-    node = CombinedNode()
-    ros.send_static_transform("map", CAMERA, (0.0, 0.0, CAMERA_HEIGHT_M))
-    feed(ros, node, rgbd(MSG, STAMP_NS))
-    voxels = query_until_success(ros, node).cloud.width
-
-    saved = ros.call_service(node, "save_map", path="one.dvemap")
-    assert saved.success and saved.path == str((tmp_path / "one.dvemap").resolve())
-    outside = ros.call_service(node, "save_map", path="../outside.dvemap")
-    assert not outside.success and "outside the map directory" in outside.message
-    assert not (tmp_path.parent / "outside.dvemap").exists()
-    missing = ros.call_service(node, "load_map", path="missing.dvemap")
-    assert not missing.success and "current map kept" in missing.message
-    cleared = ros.call_service(node, "clear_map")
-    assert cleared.success and ros.published(node, "map/cloud")[-1].width == 0
-    assert "empty" in ros.call_service(node, "/query_text", text="chair").message
-
-    loaded = ros.call_service(node, "load_map", path="one.dvemap")
-    assert loaded.success and loaded.voxel_count == voxels
-    assert ros.published(node, "map/cloud")[-1].width == voxels
-    [timer] = [t for t in ros.timers(node) if t.period_s == 0.5]  # cloud_period_s
-    timer.callback()
-    cloud = ros.published(node, "map/cloud")[-1]
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb"] and cloud.width == voxels
-    errors = ros.logs(node, "ERROR")
-    assert any("map not saved" in m for m in errors) and any("not loaded" in m for m in errors)
-
-    node.shutdown()
-    assert perception_threads() <= before  # the worker thread has ended
-    assert (tmp_path / "map.dvemap").is_file()
-    assert any(m.startswith(f"saved {voxels} voxels") for m in ros.logs(node, "INFO"))
 
 
 def test_perception_node_publishes_embeddings_that_the_mapping_node_fuses(ros):

@@ -18,7 +18,9 @@ __all__ = ["run_node"]
 
 #: How often the spin loop looks at the stop request: the longest a signal waits to be seen.
 SPIN_PERIOD_S = 0.1
-#: In-flight callbacks (a query, a save) get this long to finish once spinning has stopped.
+#: How long the executor's shutdown may wait for running callbacks (a query, a save). Jazzy's
+#: rclpy skips that wait (Executor.shutdown tests its flag after setting it), so a callback still
+#: running can meet a destroyed node; the timeout matters where rclpy does wait.
 EXECUTOR_SHUTDOWN_TIMEOUT_S = 30.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -31,8 +33,8 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
     the shutdown logs (the map save) never reached /rosout, and `spin()` could raise "the given
     context is not valid". So rclpy installs no handler here; SIGINT and SIGTERM (what
     `ros2 launch` sends) only ask the spin loop to stop, and the shutdown runs in order with the
-    context still valid: stop spinning, let running callbacks finish, stop the node's inputs and
-    worker and save the map (`node.shutdown()`, which logs), destroy the node, then the context.
+    context still valid: stop spinning, shut the executor down, stop the node's inputs and worker
+    and save the map (`node.shutdown()`, which logs), destroy the node, then the context.
     A stop requested by a signal is a normal exit (code 0).
 
     A `DvePerceptionError` while building the node (a missing model file, a bad parameter) is
