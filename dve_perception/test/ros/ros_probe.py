@@ -115,3 +115,30 @@ def node_command(executable: str, assets: dict, **parameters: object) -> list[st
     for source, target in CAMERA_REMAPS.items():
         command += ["-r", f"{source}:={target}"]
     return command
+
+
+def robot_launch(assets: dict, **arguments: str):
+    """robot.launch.py with the test network and text tower, then ReadyToTest (launch_pytest).
+
+    RViz is left at its default: it is not installed here, as on a headless robot.
+    """
+    import launch_pytest
+    from ament_index_python.packages import get_package_share_directory
+    from launch import LaunchDescription
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    share = Path(get_package_share_directory("dve_perception"))
+    values = {
+        "backend": "onnxruntime",
+        "onnx_path": str(assets["onnx"]),
+        "text_model_path": str(assets["text"]),
+        "vocabulary": "chair,table,floor",
+        "params_file": str(assets["params"]),
+        **arguments,
+    }
+    include = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(share / "launch" / "robot.launch.py")),
+        launch_arguments=values.items(),
+    )
+    return LaunchDescription([include, launch_pytest.actions.ReadyToTest()])

@@ -18,31 +18,14 @@ _REASON = "needs ROS 2 with launch_pytest: source /opt/ros/<distro> and the work
 launch_pytest = pytest.importorskip("launch_pytest", reason=_REASON)
 rclpy = pytest.importorskip("rclpy", reason=_REASON)
 
-from ament_index_python.packages import get_package_share_directory  # noqa: E402
-from launch import LaunchDescription  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
-from ros_probe import CAMERA_FRAME, TIMEOUT_S, H, W  # noqa: E402
+from ros_probe import CAMERA_FRAME, TIMEOUT_S, H, W, robot_launch  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 
 @launch_pytest.fixture(scope="module")
 def robot(assets):
-    launch_file = Path(get_package_share_directory("dve_perception")) / "launch/robot.launch.py"
-    arguments = {
-        "camera_namespace": "camera",
-        "backend": "onnxruntime",
-        "onnx_path": str(assets["onnx"]),
-        "text_model_path": str(assets["text"]),
-        "vocabulary": "chair,table,floor",
-        "params_file": str(assets["params"]),
-        # rviz left at its default: RViz is not installed here, as on a headless robot.
-    }
-    include = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(launch_file)), launch_arguments=arguments.items()
-    )
-    return LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
+    return robot_launch(assets, camera_namespace="camera")
 
 
 @pytest.mark.launch(fixture=robot)

@@ -8,37 +8,19 @@ by the mapping node proves that they arrived, decoded and were fused at the righ
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
-from ros_probe import ROS_REASON, TIMEOUT_S
+from ros_probe import ROS_REASON, TIMEOUT_S, robot_launch
 
 launch_pytest = pytest.importorskip("launch_pytest", reason=ROS_REASON)
 pytest.importorskip("rclpy", reason=ROS_REASON)
-
-from ament_index_python.packages import get_package_share_directory  # noqa: E402
-from launch import LaunchDescription  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 
 @launch_pytest.fixture(scope="module")
 def split_robot(assets):
-    launch_file = Path(get_package_share_directory("dve_perception")) / "launch/robot.launch.py"
-    arguments = {
-        "combined": "false",
-        "backend": "onnxruntime",
-        "onnx_path": str(assets["onnx"]),
-        "text_model_path": str(assets["text"]),
-        "vocabulary": "chair,table,floor",
-        "params_file": str(assets["params"]),
-    }
-    include = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(launch_file)), launch_arguments=arguments.items()
-    )
-    return LaunchDescription([include, launch_pytest.actions.ReadyToTest()])
+    return robot_launch(assets, combined="false")
 
 
 @pytest.mark.launch(fixture=split_robot)
