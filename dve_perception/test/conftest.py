@@ -89,6 +89,10 @@ def _isolate_dds() -> None:
         _domain_lock = handle
         os.environ["ROS_DOMAIN_ID"] = str(domain)
         break
+    else:  # never fall back to the shell's domain, which may be a robot's
+        raise pytest.UsageError(
+            f"no free ROS test domain in {ROS_TEST_DOMAINS}: runs hold them all"
+        )
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     if os.environ.get("ROS_DISTRO") == "humble":
         os.environ["ROS_LOCALHOST_ONLY"] = "1"
